@@ -33,6 +33,10 @@ class Method(nn.Module):
         super().__init__()
         self.spec = spec
 
+    def forward(self, x: torch.Tensor, n_steps: int | None = None) -> torch.Tensor:
+        """The training objective; `forward` so that DistributedDataParallel sees the call."""
+        return self.loss(x, n_steps)
+
     def loss(self, x: torch.Tensor, n_steps: int | None = None) -> torch.Tensor:
         raise NotImplementedError
 

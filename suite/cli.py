@@ -1,0 +1,202 @@
+"""`bfnbench`: the suite's command line.
+
+    bfnbench data list                       every data set: kind, shape, split sizes, bytes present
+    bfnbench data show NAME [--out F.png]    a grid of examples (PNG) or text samples
+    bfnbench train [CONFIG.yaml] [key=value ...] [--resume]
+    bfnbench eval RUN_DIR [--n-steps 10 100 inf] [--repeats N] [--split test]
+    bfnbench sample RUN_DIR [--n-steps 10 100] [--num 64]
+    bfnbench methods                         registered methods
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _steps(values: list[str]) -> list[int | None]:
+    out = []
+    for v in values:
+        if v.lower() in ("inf", "continuous", "none"):
+            out.append(None)
+        else:
+            try:
+                n = int(v)
+            except ValueError:
+                raise SystemExit(f"bfnbench: step count {v!r} is not an integer or 'inf'") from None
+            if n < 1:
+                raise SystemExit(f"bfnbench: step count must be >= 1, got {n}")
+            out.append(n)
+    return out
+
+
+def cmd_data(args) -> int:
+    from suite.data import show
+
+    if args.data_cmd == "list":
+        import pandas as pd
+
+        df = show.describe(args.data_dir)
+        with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 40):
+            print(df.drop(columns=[c for c in ("source",) if c in df.columns]).to_string(index=False))
+        return 0
+    out = args.out or f"{args.name}.png"
+    res = show.show(args.name, out, n=args.n, seed=args.seed, data_dir=args.data_dir)
+    if isinstance(res, list):
+        for i, s in enumerate(res):
+            print(f"[{i}] {s}")
+    else:
+        print(f"wrote {res if res else out}")
+    return 0
+
+
+def _load_run(run_dir: str, overrides: list[str]):
+    from suite import checkpoint
+    from suite.config import RunConfig, apply, parse_overrides
+    from suite.train import build
+
+    state = checkpoint.load_state(run_dir)
+    cfg = apply(RunConfig(), state["config"])
+    if overrides:
+        apply(cfg, parse_overrides(overrides))
+    cfg.validate()
+    method, data = build(cfg)
+    checkpoint.load_weights(run_dir, method, use_ema=True)
+    return cfg, method, data
+
+
+def cmd_train(args) -> int:
+    from suite.config import load_config
+    from suite.train import train
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = train(cfg, resume=args.resume, progress=not args.quiet)
+    print(f"checkpoints in {run_dir}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from suite import results
+    from suite.evaluate import evaluate
+    from suite.train import resolve_device
+
+    cfg, method, data = _load_run(args.run_dir, args.overrides)
+    device = resolve_device(cfg.device)
+    method.to(device)
+    n_list = _steps(args.n_steps) if args.n_steps else cfg.eval_n_steps
+    rows = evaluate(method, data, n_steps_list=n_list, split=args.split or cfg.eval_split,
+                    n_repeats=args.repeats or cfg.eval_repeats, batch_size=cfg.eval_batch_size,
+                    max_examples=args.max_examples or cfg.eval_examples, seed=cfg.seed, device=device,
+                    progress=True)
+    table = results.make_table(rows, run_id=results.new_run_id(f"eval-{cfg.name}"),
+                               provenance=results.Provenance.collect(device), config=cfg.to_dict())
+    path = results.write_run(table, args.out)
+    show = table[["method", "dataset", "n_steps", "value", "stderr", "unit", "bound"]]
+    print(show.to_string(index=False))
+    print(f"wrote {path}")
+    del torch
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from suite.data import show
+    from suite.train import resolve_device
+
+    cfg, method, data = _load_run(args.run_dir, [])
+    method.to(resolve_device(cfg.device))
+    out = Path(args.out or Path(args.run_dir) / "samples")
+    out.mkdir(parents=True, exist_ok=True)
+    for n in _steps(args.n_steps):
+        g = torch.Generator(device=method.device).manual_seed(args.seed)
+        x = method.sample(args.num, n, generator=g).cpu()
+        res = show.render(data.spec, x, out / f"samples_n{n}.png", title=f"{cfg.method}, {n} steps")
+        if isinstance(res, list):
+            print(f"--- {n} steps")
+            for s in res:
+                print(s)
+        else:
+            print(f"wrote {res}")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from suite.methods import method_names
+
+    print("\n".join(method_names()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bfnbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("data", help="list or show data sets")
+    dsub = d.add_subparsers(dest="data_cmd", required=True)
+    dl = dsub.add_parser("list")
+    dl.add_argument("--data-dir", default=None)
+    ds = dsub.add_parser("show")
+    ds.add_argument("name")
+    ds.add_argument("--out", default=None)
+    ds.add_argument("--n", type=int, default=64)
+    ds.add_argument("--seed", type=int, default=0)
+    ds.add_argument("--data-dir", default=None)
+    d.set_defaults(func=cmd_data)
+
+    t = sub.add_parser("train", help="train a method (config YAML and/or key=value overrides)")
+    t.add_argument("config", nargs="?", default=None, help="a YAML preset; omit to use defaults")
+    t.add_argument("overrides", nargs="*", help="key=value, e.g. max_steps=200 method_kwargs.beta1=3")
+    t.add_argument("--resume", action="store_true", help="continue the run's latest checkpoint")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="NLL bound of a trained run for a list of step counts")
+    e.add_argument("run_dir")
+    e.add_argument("overrides", nargs="*")
+    e.add_argument("--n-steps", nargs="+", default=None, help="e.g. 10 25 100 inf (inf = continuous time)")
+    e.add_argument("--repeats", type=int, default=None)
+    e.add_argument("--split", default=None, choices=["train", "val", "test"])
+    e.add_argument("--max-examples", type=int, default=None)
+    e.add_argument("--out", default="results/runs")
+    e.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("sample", help="samples of a trained run for each step count")
+    s.add_argument("run_dir")
+    s.add_argument("--n-steps", nargs="+", default=["10", "100"])
+    s.add_argument("--num", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default=None)
+    s.set_defaults(func=cmd_sample)
+
+    m = sub.add_parser("methods", help="list registered methods")
+    m.set_defaults(func=cmd_methods)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # train's `config` positional also swallows the first key=value; move it back
+    if getattr(args, "cmd", None) == "train" and args.config and "=" in args.config:
+        args.overrides.insert(0, args.config)
+        args.config = None
+    from suite.checkpoint import CheckpointError
+    from suite.config import ConfigError
+    from suite.data import DataError
+    from suite.results import ResultsError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, CheckpointError, ResultsError, FileNotFoundError, KeyError) as e:
+        print(f"bfnbench: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

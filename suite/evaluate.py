@@ -1,0 +1,99 @@
+"""NLL estimation over repeats and step counts -> tidy result rows (suite/results.py schema).
+
+Protocol (the BFN reference test script's): each pass draws, per example, one t (or step i) and one
+noise sample for the bound; a pass's value is the mean over the split; the reported value is the mean
+over `n_repeats` passes with the standard error of those pass means (with one pass: the standard error
+over examples). Dynamically binarised data are re-binarised on every pass. Under torchrun the split is
+sharded across ranks and the sums are all-reduced.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from suite import units
+from suite.data.base import derive_seed
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@torch.no_grad()
+def nll_passes(method, data, *, split: str = "test", n_steps: int | None = None, n_repeats: int = 1,
+               batch_size: int = 100, max_examples: int | None = None, seed: int = 0,
+               device: torch.device | str = "cpu", progress: bool = False) -> np.ndarray:
+    """Returns (per-pass mean NLL bound in nats per example, shape (n_repeats,); the first pass's
+    per-example values, for the single-pass standard error; the number of examples per pass)."""
+    rank, world = _world()
+    was = method.training
+    method.eval()
+    means, first = [], []
+    limit = max_examples if max_examples is not None else data.num_examples(split)
+    bar = tqdm(total=n_repeats, disable=not progress or rank != 0, leave=False,
+               desc=f"{getattr(method, 'registered_name', method.name)} n={n_steps or 'inf'}")
+    for r in range(n_repeats):
+        torch.manual_seed(derive_seed(seed, r, n_steps or 0, rank))
+        total = torch.zeros(2, dtype=torch.float64)
+        seen = 0  # examples of the whole split visited so far (across ranks), to honour max_examples
+        for x in data.batches(split, batch_size, seed=seed, epoch=r, shuffle=False, drop_last=False,
+                              rank=rank, world_size=world, device=device):
+            take = min(x.shape[0], max(0, math.ceil((limit - seen) / world)))
+            if take <= 0:
+                break
+            x = x[:take]
+            v = method.nll(x, n_steps).double().cpu()
+            if not torch.isfinite(v).all():
+                raise FloatingPointError(f"{method.name}: non-finite NLL bound at n_steps={n_steps}; "
+                                         "the checkpoint has diverged or the data is out of range")
+            total += torch.stack([v.sum(), torch.tensor(float(v.numel()), dtype=torch.float64)])
+            if r == 0:
+                first.append(v)
+            seen += take * world
+        if world > 1:
+            dist.all_reduce(total)
+        means.append(float(total[0] / total[1]))
+        bar.update(1)
+    bar.close()
+    method.train(was)
+    out = np.asarray(means)
+    per_example = torch.cat(first).numpy() if first else np.zeros(0)
+    return out, per_example, int(total[1])
+
+
+def evaluate(method, data, *, n_steps_list=(None,), split: str = "test", n_repeats: int = 1,
+             batch_size: int = 100, max_examples: int | None = None, seed: int = 0,
+             device: torch.device | str = "cpu", unit: str | None = None, protocol: str = "",
+             progress: bool = False) -> list[dict]:
+    """Tidy rows: one per step count, value and standard error in `unit` (default: the data set's)."""
+    spec = data.spec
+    unit = unit or units.default_unit(spec.kind, spec.name)
+    rows = []
+    for n in n_steps_list:
+        if n is None and not getattr(method, "continuous_time", True):
+            continue
+        means, per_ex, count = nll_passes(method, data, split=split, n_steps=n, n_repeats=n_repeats,
+                                          batch_size=batch_size, max_examples=max_examples, seed=seed,
+                                          device=device, progress=progress)
+        if n_repeats > 1:
+            mean, se = units.mean_and_stderr(means)
+            how = f"mean +- s.e. over {n_repeats} passes"
+        else:
+            mean, se = float(means[0]), units.mean_and_stderr(per_ex)[1] if per_ex.size > 1 else math.nan
+            how = "one pass; s.e. over examples"
+        rows.append(dict(
+            method=getattr(method, "registered_name", method.name), dataset=spec.name, split=split, metric="nll",
+            n_steps=math.inf if n is None else float(n),
+            value=float(units.nats_to(mean, unit, spec.ndim)), stderr=float(units.nats_to(se, unit, spec.ndim)),
+            unit=unit, bound="<=", n_repeats=n_repeats, n_examples=count, n_dims=spec.ndim, seed=seed,
+            protocol="; ".join(p for p in (how, "one t and noise draw per example per pass", protocol,
+                                           "; ".join(f"{k}: {v}" for k, v in spec.protocol.items())) if p),
+        ))
+    return rows

@@ -1,0 +1,144 @@
+"""Training loop, checkpoints and config: resume reaches the same result, NaN keeps the last checkpoint,
+bad configs and foreign checkpoints get clear errors."""
+
+import math
+
+import pytest
+import torch
+
+from suite import checkpoint
+from suite.config import ConfigError, RunConfig, load_config
+from suite.data import register
+from suite.data.base import Dataset, DataSpec
+from suite.methods import Method, register_method
+from suite.train import TrainingDiverged, train
+
+
+class _Blob(Dataset):
+    def __init__(self, n=64, dim=3):
+        self.spec = DataSpec("_test_blob", "continuous", (dim,), split_sizes={"train": n, "val": 16, "test": 16})
+        g = torch.Generator().manual_seed(1)
+        self._x = {s: 2.0 + 0.5 * torch.randn(k, dim, generator=g) for s, k in self.spec.split_sizes.items()}
+
+    def examples(self, split):
+        return self._x[split]
+
+
+class _Gauss(Method):
+    """A diagonal Gaussian with a noisy loss (so the RNG state matters for resume)."""
+
+    name = "_test_gauss"
+
+    def __init__(self, spec, backbone=None, backbone_kwargs=None, poison_at=None):
+        super().__init__(spec)
+        self.mu = torch.nn.Parameter(torch.zeros(spec.shape))
+        self.log_sigma = torch.nn.Parameter(torch.zeros(spec.shape))
+        self.proj = torch.nn.Linear(spec.ndim, spec.ndim)  # a matrix, so weight decay applies somewhere
+        self.poison_at, self.calls = poison_at, 0
+
+    def loss(self, x, n_steps=None):
+        self.calls += 1
+        x = x + 0.01 * torch.randn_like(x)
+        z = (self.proj(x) - self.mu) / self.log_sigma.exp()
+        out = (0.5 * z**2 + self.log_sigma + 0.5 * math.log(2 * math.pi)).sum(-1)
+        if self.poison_at is not None and self.calls >= self.poison_at:
+            out = out * float("nan")
+        return out
+
+    nll = loss
+
+
+try:
+    register("_test_blob")(lambda data_dir, **kw: _Blob(**kw))
+    register_method("_test_gauss")(_Gauss)
+except ValueError:  # re-import under pytest's module reloading
+    pass
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(name="r", method="_test_gauss", dataset="_test_blob", backbone="none", batch_size=8,
+                max_steps=20, lr=0.05, ckpt_every=5, val_every=5, log_every=5, out_dir=str(tmp_path), seed=3)
+    base.update(kw)
+    return RunConfig(**base).validate()
+
+
+def _weights(run_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(checkpoint.latest(run_dir) / "weights.safetensors"))
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    """A run stopped at step 13 (mid-epoch: 8 batches per epoch) and resumed equals one run of 20 steps,
+    bit for bit on CPU: data order, noise draws, optimizer and EMA all continue."""
+    full = train(_cfg(tmp_path / "a"), progress=False)
+    part = train(_cfg(tmp_path / "b", max_steps=13, ckpt_every=13), progress=False)
+    assert checkpoint.load_state(part)["step"] == 13
+    resumed = train(_cfg(tmp_path / "b"), resume=True, progress=False)
+    wa, wb = _weights(full), _weights(resumed)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    # the stopped run also logged its own last step (13); every other record is identical
+    resumed_hist = [h for h in checkpoint.load_state(resumed)["history"] if h["step"] != 13]
+    assert checkpoint.load_state(full)["history"] == resumed_hist
+
+
+def test_training_reduces_loss_and_keeps_one_checkpoint(tmp_path):
+    run = train(_cfg(tmp_path, max_steps=60, ema_decay=0.8), progress=False)
+    hist = checkpoint.load_state(run)["history"]
+    vals = [h["val_loss_ema"] for h in hist if "val_loss_ema" in h]
+    assert vals[-1] < vals[0] - 1.0
+    assert len(list(run.glob("ckpt-*"))) == 1 and (run / "config.json").is_file()
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        train(_cfg(tmp_path, method_kwargs={"poison_at": 12}), progress=False)
+    run = tmp_path / "r"
+    assert checkpoint.load_state(run)["step"] == 10  # the checkpoint before the NaN, intact
+    assert not list(run.glob(".ckpt-*"))  # no half-written checkpoint
+
+
+def test_existing_run_needs_resume(tmp_path):
+    train(_cfg(tmp_path, max_steps=5), progress=False)
+    with pytest.raises(checkpoint.CheckpointError, match="--resume"):
+        train(_cfg(tmp_path, max_steps=5), progress=False)
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
+        train(_cfg(tmp_path, name="other"), resume=True, progress=False)
+
+
+def test_foreign_checkpoint_refused(tmp_path):
+    run = train(_cfg(tmp_path, max_steps=5), progress=False)
+    other = _Gauss(DataSpec("_test_blob", "continuous", (4,)))
+    with pytest.raises(checkpoint.CheckpointError, match="another method or data shape"):
+        checkpoint.load_weights(run, other)
+    (checkpoint.latest(run) / "weights.safetensors").write_bytes(b"garbage")
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt"):
+        checkpoint.load_weights(run, _Gauss(DataSpec("_test_blob", "continuous", (3,))))
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("batch_size=0", "batch_size"),
+        ("lr=-1", "lr"),
+        ("train_n_steps=0", "train_n_steps"),
+        ("eval_n_steps=[10,0]", "eval_n_steps"),
+        ("amp=fp8", "amp"),
+        ("colour=red", "unknown config key"),
+        ("max_steps=1.5", "expected int"),
+        ("lr.x=1", "not a dict"),
+    ],
+)
+def test_impossible_config_values(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override])
+
+
+def test_overrides_and_yaml(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("method: bfn_discrete\nbatch_size: 16\nmethod_kwargs: {beta1: 3.0}\n")
+    cfg = load_config(f, ["batch_size=8", "method_kwargs.t_min=1e-6", "eval_n_steps=[10,100,inf]", "betas=[0.9,0.98]"])
+    assert cfg.batch_size == 8 and cfg.method_kwargs == {"beta1": 3.0, "t_min": 1e-6}
+    assert cfg.eval_n_steps == [10, 100, None] and cfg.betas == [0.9, 0.98]
