@@ -5,6 +5,8 @@
     bfnbench train [CONFIG.yaml] [key=value ...] [--resume]
     bfnbench eval RUN_DIR [--n-steps 10 100 inf] [--repeats N] [--split test]
     bfnbench sample RUN_DIR [--n-steps 10 100] [--num 64]
+    bfnbench bench [--scale embedded|paper] [--only NAME ...] [key=value ...]
+    bfnbench tables | plots [--results DIR] [--out DIR]
     bfnbench methods                         registered methods
 """
 
@@ -127,6 +129,32 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from suite.bench import run_bench
+
+    run_bench(args.scale, out=args.out, only=args.only, overrides=args.overrides, progress=not args.quiet,
+              samples=not args.no_samples)
+    return 0
+
+
+def cmd_tables(args) -> int:
+    from suite import results, tables
+
+    df = results.load_results(args.results)
+    for p in tables.write_all(df, args.out):
+        print(f"wrote {p}")
+    return 0
+
+
+def cmd_plots(args) -> int:
+    from suite import plots, results
+
+    df = results.load_results(args.results)
+    for p in plots.write_all(df, args.out):
+        print(f"wrote {p}")
+    return 0
+
+
 def cmd_methods(args) -> int:
     from suite.methods import method_names
 
@@ -174,6 +202,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default=None)
     s.set_defaults(func=cmd_sample)
+
+    b = sub.add_parser("bench", help="the benchmark end to end: train, evaluate, tables, plots")
+    b.add_argument("overrides", nargs="*", help="key=value applied to every run, e.g. max_steps=100")
+    b.add_argument("--scale", default="embedded", choices=["embedded", "paper"])
+    b.add_argument("--only", nargs="+", default=None, help="comparison names to run")
+    b.add_argument("--out", default="results")
+    b.add_argument("--no-samples", action="store_true")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=cmd_bench)
+
+    for name, fn, what in (("tables", cmd_tables, "paper tables"), ("plots", cmd_plots, "plots")):
+        q = sub.add_parser(name, help=f"regenerate the {what} from a results folder")
+        q.add_argument("--results", default="results/embedded/runs")
+        q.add_argument("--out", default=f"results/embedded/{name}")
+        q.set_defaults(func=fn)
 
     m = sub.add_parser("methods", help="list registered methods")
     m.set_defaults(func=cmd_methods)

@@ -47,6 +47,8 @@ SCHEMA: dict[str, str] = {
     "n_dims": "Int64",
     "protocol": "string",  # evaluation protocol in words: t-sampling, crops/stride, receiver...
     "seed": "Int64",
+    "n_params": "Int64",  # trainable parameters of the evaluated model
+    "train_info": "string",  # JSON: backbone, optimizer, lr, batch size, updates, EMA, data order seed, train time
     "git_sha": "string",
     "git_dirty": "boolean",
     "versions": "string",  # JSON: python, torch, diffusers, numpy, pandas, suite
@@ -244,7 +246,9 @@ REFERENCE_SCHEMA = {
 
 
 def load_reference(path: str | Path | None = None) -> pd.DataFrame:
-    """The published numbers (`results/reference/paper_numbers.csv`), typed; n_steps 'inf' = continuous time."""
+    """The published numbers (`results/reference/paper_numbers.csv`), typed; n_steps 'inf' = continuous time.
+
+    `value_text` and `stderr_text` keep the numbers exactly as published, for display."""
     path = Path(path) if path is not None else REFERENCE_DIR / "paper_numbers.csv"
     if not path.is_file():
         raise ResultsError(f"reference numbers {path} not found; copy ../shared/reference/paper_numbers.csv there")
@@ -252,9 +256,10 @@ def load_reference(path: str | Path | None = None) -> pd.DataFrame:
     missing = [c for c in REFERENCE_SCHEMA if c not in df.columns]
     if missing:
         raise ResultsError(f"{path}: missing column(s) {missing}")
+    text = df[["value", "stderr"]].rename(columns=lambda c: f"{c}_text")  # as published, for display
     for col in ("n_steps", "value", "stderr"):
         df[col] = df[col].map(lambda s: math.inf if s == "inf" else (float(s) if s else math.nan))
-    df = df[list(REFERENCE_SCHEMA)].astype(REFERENCE_SCHEMA)
+    df = pd.concat([df[list(REFERENCE_SCHEMA)].astype(REFERENCE_SCHEMA), text.astype("string")], axis=1)
     if df["value"].isna().any():
         raise ResultsError(f"{path}: a published number is missing a value")
     return df

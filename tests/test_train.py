@@ -1,58 +1,16 @@
 """Training loop, checkpoints and config: resume reaches the same result, NaN keeps the last checkpoint,
 bad configs and foreign checkpoints get clear errors."""
 
-import math
-
 import pytest
 import torch
 
 from suite import checkpoint
 from suite.config import ConfigError, RunConfig, load_config
-from suite.data import register
-from suite.data.base import Dataset, DataSpec
-from suite.methods import Method, register_method
+from suite.data.base import DataSpec
 from suite.train import TrainingDiverged, train
 
 
-class _Blob(Dataset):
-    def __init__(self, n=64, dim=3):
-        self.spec = DataSpec("_test_blob", "continuous", (dim,), split_sizes={"train": n, "val": 16, "test": 16})
-        g = torch.Generator().manual_seed(1)
-        self._x = {s: 2.0 + 0.5 * torch.randn(k, dim, generator=g) for s, k in self.spec.split_sizes.items()}
-
-    def examples(self, split):
-        return self._x[split]
-
-
-class _Gauss(Method):
-    """A diagonal Gaussian with a noisy loss (so the RNG state matters for resume)."""
-
-    name = "_test_gauss"
-
-    def __init__(self, spec, backbone=None, backbone_kwargs=None, poison_at=None):
-        super().__init__(spec)
-        self.mu = torch.nn.Parameter(torch.zeros(spec.shape))
-        self.log_sigma = torch.nn.Parameter(torch.zeros(spec.shape))
-        self.proj = torch.nn.Linear(spec.ndim, spec.ndim)  # a matrix, so weight decay applies somewhere
-        self.poison_at, self.calls = poison_at, 0
-
-    def loss(self, x, n_steps=None):
-        self.calls += 1
-        x = x + 0.01 * torch.randn_like(x)
-        z = (self.proj(x) - self.mu) / self.log_sigma.exp()
-        out = (0.5 * z**2 + self.log_sigma + 0.5 * math.log(2 * math.pi)).sum(-1)
-        if self.poison_at is not None and self.calls >= self.poison_at:
-            out = out * float("nan")
-        return out
-
-    nll = loss
-
-
-try:
-    register("_test_blob")(lambda data_dir, **kw: _Blob(**kw))
-    register_method("_test_gauss")(_Gauss)
-except ValueError:  # re-import under pytest's module reloading
-    pass
+from tests.helpers.toy_method import Gauss as _Gauss  # noqa: E402  registers _test_blob, _test_gauss
 
 
 def _cfg(tmp_path, **kw):

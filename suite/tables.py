@@ -1,0 +1,194 @@
+"""`bfnbench tables`: the BFN paper's Tables 1-5 and Sohl-Dickstein et al.'s Table 1, regenerated.
+
+Each table has the paper's layout; each cell shows the published number beside this suite's (mean +-
+standard error, converted to the paper's unit by suite/units.py), and names the data actually used:
+a stand-in (embedded MNIST digits for binarised MNIST or CIFAR-10, embedded Shakespeare for text8) is
+labelled as such. Published numbers marked `recalled` in paper_numbers.csv carry a dagger.
+Written as Markdown and LaTeX via pandas.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from suite import units
+from suite.results import load_reference
+
+#: suite method -> (paper model name, variant) for matching published rows
+METHOD_MODEL = {
+    "bfn_continuous": ("BFN", "continuous"),
+    "bfn_discretised": ("BFN", "discretised"),
+    "bfn_discrete": ("BFN", ""),
+    "vdm": ("VDM", ""),
+    "ddpm": ("Improved DDPM", ""),
+    "multinomial_diffusion": ("Multinomial Diffusion", "diffusion"),
+    "masked_diffusion": ("Masked diffusion (MD4-style)", ""),
+    "sohl_gaussian": ("Gaussian diffusion", ""),
+    "sohl_binomial": ("Binomial diffusion", ""),
+}
+
+#: paper data set -> (unit, data sets of this suite that measure it, the real one first)
+PAPER_DATA = {
+    "binarized_mnist": ("nats/image", ["binarized_mnist", "mnist_embedded_binarized"]),
+    "cifar10_8bit": ("bits/dim", ["cifar10_256", "mnist_embedded_256", "mnist_256"]),
+    "cifar10_4bit": ("bits/dim", ["cifar10_16", "mnist_embedded_16", "mnist_16"]),
+    "text8": ("BPC", ["text8", "text_embedded"]),
+    "swiss_roll": ("bits", ["swiss_roll"]),
+    "binary_heartbeat": ("bits/seq", ["binary_heartbeat"]),
+}
+DAGGER = "†"
+
+
+def _fmt(v: float, se: float = math.nan, digits: int = 2) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    s = f"{v:.{digits}f}"
+    if se is not None and not math.isnan(se):
+        # a standard error below the last shown digit keeps one significant figure
+        s += f" ± {se:.{digits}f}" if se >= 0.5 * 10**-digits or se == 0 else f" ± {se:.1g}"
+    return s
+
+
+def _ours(df: pd.DataFrame, paper_dataset: str, method: str, n_steps: float) -> tuple[str, str]:
+    """This suite's cell for (paper data set, method, n steps) and the data set that produced it."""
+    unit, names = PAPER_DATA[paper_dataset]
+    d = df[(df["metric"] == "nll") & (df["method"] == method) & (df["n_steps"] == n_steps)]
+    for name in names:
+        row = d[d["dataset"] == name]
+        if len(row):
+            r = row.iloc[-1]
+            v = units.convert(float(r["value"]), r["unit"], unit, int(r["n_dims"]))
+            se = units.convert(float(r["stderr"]), r["unit"], unit, int(r["n_dims"]))
+            return _fmt(v, se, 3 if unit in ("bits/dim", "BPC") else 2), name
+    return "—", ""
+
+
+def _pub(row) -> str:
+    """A published number exactly as printed in the paper (paper_numbers.csv), † if recalled."""
+    s = str(row["value_text"]) + (f" ± {row['stderr_text']}" if row["stderr_text"] else "")
+    return s + (DAGGER if row["status"] == "recalled" else "")
+
+
+def _used(name: str) -> str:
+    if not name:
+        return ""
+    real = {v[1][0] for v in PAPER_DATA.values()}
+    return name if name in real else f"{name} (stand-in)"
+
+
+def _steps_label(n: float) -> str:
+    return "∞ (continuous)" if n == math.inf else ("" if math.isnan(n) else str(int(n)))
+
+
+def table_models(df, ref, table: int, paper_dataset: str, methods: list[str]) -> pd.DataFrame:
+    """BFN Tables 1 and 4: published models, then this suite's methods (continuous time or their largest n)."""
+    pub = ref[(ref["paper"] == "bfn2023") & (ref["table"] == str(table)) & (ref["dataset"] == paper_dataset)]
+    rows = [{"model": r["model"] + (f" ({r['variant']})" if r["variant"] else ""), "published": _pub(r),
+             "bfnbench": "", "data used": ""} for _, r in pub.iterrows()]
+    for m in methods:
+        d = df[(df["metric"] == "nll") & (df["method"] == m)]
+        if d.empty:
+            continue
+        n = math.inf if (d["n_steps"] == math.inf).any() else float(d["n_steps"].max())
+        cell, used = _ours(df, paper_dataset, m, n)
+        if used:
+            model, variant = METHOD_MODEL.get(m, (m, ""))
+            label = f"{model}" + (f" ({variant})" if variant else "") + f" [bfnbench {m}, n={_steps_label(n)}]"
+            rows.append({"model": label, "published": "", "bfnbench": cell, "data used": _used(used)})
+    return pd.DataFrame(rows)
+
+
+def table_steps(df, ref, table: int, columns: list[tuple[str, str, str]]) -> pd.DataFrame:
+    """BFN Tables 2, 3 and 5: rows = n steps; per column (paper data set, variant, method) published | ours."""
+    steps = set()
+    for pdset, variant, m in columns:
+        pub = ref[(ref["paper"] == "bfn2023") & (ref["table"] == str(table)) & (ref["dataset"] == pdset)
+                  & (ref["variant"] == variant)]
+        steps |= set(pub["n_steps"])
+        steps |= set(df[(df["metric"] == "nll") & (df["method"] == m) & df["dataset"].isin(PAPER_DATA[pdset][1])]["n_steps"])
+    out = []
+    for n in sorted(s for s in steps if not math.isnan(s)):
+        row = {"n steps": _steps_label(n)}
+        for pdset, variant, m in columns:
+            key = f"{pdset}{' ' + variant if variant else ''}"
+            pub = ref[(ref["paper"] == "bfn2023") & (ref["table"] == str(table)) & (ref["dataset"] == pdset)
+                      & (ref["variant"] == variant) & (ref["n_steps"] == n)]
+            row[f"{key}: published"] = _pub(pub.iloc[0]) if len(pub) else "—"
+            cell, used = _ours(df, pdset, m, n)
+            row[f"{key}: bfnbench"] = cell + (f" [{_used(used)}]" if used and used not in PAPER_DATA[pdset][1][:1] else "")
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def table_sohl(df, ref) -> pd.DataFrame:
+    """Sohl-Dickstein et al. Table 1: K and K - L_null (bits), published beside ours (higher is better)."""
+    rows = []
+    pub = ref[(ref["paper"] == "sohl2015") & (ref["table"] == "1")]
+    for _, r in pub.iterrows():
+        note = r["note"]
+        gain = note.split("K-L_null = ")[1].split(" ")[0].rstrip(";") if "K-L_null = " in note else "—"
+        row = {"data set": r["dataset"], "model": r["model"], "unit": r["unit"],
+               "K published": _pub(r), "K - L_null published": gain, "K bfnbench": "—", "K - L_null bfnbench": "—"}
+        m = "sohl_binomial" if "Binomial" in r["model"] else "sohl_gaussian"
+        d = df[(df["metric"] == "nll") & (df["method"] == m) & (df["dataset"] == r["dataset"])]
+        null = df[(df["metric"] == "nll") & (df["method"] == "null") & (df["dataset"] == r["dataset"])]
+        if len(d):
+            best = d.sort_values("n_steps").iloc[-1]  # the full grid
+            to_bits = lambda v: units.convert(float(v), best["unit"], "bits", int(best["n_dims"]))  # noqa: E731
+            row["K bfnbench"] = _fmt(-to_bits(best["value"]), to_bits(best["stderr"]), 3)
+            if len(null):
+                nb = units.convert(float(null.iloc[-1]["value"]), null.iloc[-1]["unit"], "bits", int(best["n_dims"]))
+                row["K - L_null bfnbench"] = _fmt(nb - to_bits(best["value"]), to_bits(best["stderr"]), 3)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def build_tables(df: pd.DataFrame, ref: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    ref = load_reference() if ref is None else ref
+    img = ["bfn_continuous", "bfn_discretised", "vdm", "ddpm", "sohl_gaussian"]
+    return {
+        "bfn_table1_mnist": table_models(df, ref, 1, "binarized_mnist",
+                                         ["bfn_discrete", "sohl_binomial", "multinomial_diffusion", "masked_diffusion"]),
+        "bfn_table1_cifar10": table_models(df, ref, 1, "cifar10_8bit", img),
+        "bfn_table2_mnist_steps": table_steps(df, ref, 2, [("binarized_mnist", "", "bfn_discrete")]),
+        "bfn_table3_cifar10_steps": table_steps(df, ref, 3, [
+            ("cifar10_8bit", "continuous", "bfn_continuous"), ("cifar10_8bit", "discretised", "bfn_discretised"),
+            ("cifar10_4bit", "continuous", "bfn_continuous"), ("cifar10_4bit", "discretised", "bfn_discretised")]),
+        "bfn_table4_text8": table_models(df, ref, 4, "text8", ["bfn_discrete", "multinomial_diffusion", "masked_diffusion"]),
+        "bfn_table5_text8_steps": table_steps(df, ref, 5, [("text8", "", "bfn_discrete")]),
+        "sohl_table1": table_sohl(df, ref),
+    }
+
+
+TITLES = {
+    "bfn_table1_mnist": "BFN Table 1 (binarised MNIST, nats/image, lower is better)",
+    "bfn_table1_cifar10": "BFN Table 1 (CIFAR-10 8-bit, bits/dim, lower is better)",
+    "bfn_table2_mnist_steps": "BFN Table 2 (binarised MNIST against n steps, nats/image)",
+    "bfn_table3_cifar10_steps": "BFN Table 3 (CIFAR-10 against n steps, bits/dim)",
+    "bfn_table4_text8": "BFN Table 4 (text8, bits per character)",
+    "bfn_table5_text8_steps": "BFN Table 5 (text8 against n steps, BPC)",
+    "sohl_table1": "Sohl-Dickstein et al. 2015 Table 1 (K and K - L_null, bits; higher is better)",
+}
+FOOTER = (f"{DAGGER} recalled: from memory of the paper, not yet checked cell by cell (paper_numbers.csv). "
+          "bfnbench cells: mean ± standard error of an upper bound on NLL (MNIST nats/image, images bits/dim, "
+          "text BPC); '(stand-in)' names the embedded data set that replaced the paper's.")
+
+
+def write_all(df: pd.DataFrame, out_dir: str | Path, ref: pd.DataFrame | None = None) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written, md = [], []
+    for name, t in build_tables(df, ref).items():
+        md.append(f"## {TITLES[name]}\n\n" + (t.to_markdown(index=False) if len(t) else "(no rows)") + "\n")
+        tex = out_dir / f"{name}.tex"
+        tex.write_text(t.to_latex(index=False, caption=TITLES[name], label=f"tab:{name}", escape=True)
+                       if len(t) else "% no rows\n")
+        written.append(tex)
+    p = out_dir / "tables.md"
+    p.write_text("# Regenerated tables\n\n" + "\n".join(md) + "\n" + FOOTER + "\n")
+    written.append(p)
+    return written
+
