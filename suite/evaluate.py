@@ -1,10 +1,15 @@
 """NLL estimation over repeats and step counts -> tidy result rows (suite/results.py schema).
 
-Protocol (the BFN reference test script's): each pass draws, per example, one t (or step i) and one
-noise sample for the bound; a pass's value is the mean over the split; the reported value is the mean
-over `n_repeats` passes with the standard error of those pass means (with one pass: the standard error
-over examples). Dynamically binarised data are re-binarised on every pass. Under torchrun the split is
-sharded across ranks and the sums are all-reduced.
+Protocol (the BFN reference test script's, `estimator="plain"`): each pass draws, per example, one t
+(or step i) and one noise sample for the bound; a pass's value is the mean over the split; the reported
+value is the mean over `n_repeats` passes with the standard error of those pass means (with one pass:
+the standard error over examples). Dynamically binarised data are re-binarised on every pass. Under
+torchrun the split is sharded across ranks and the sums are all-reduced.
+
+`estimator="systematic"` spends the same network evaluations with less variance: the repeats form
+`groups` independent groups; within a group of R' repeats each example's times are t = (u + r/R') mod 1
+(suite/timesteps.py), evenly spaced over [0, 1), with u drawn afresh per group. The standard error is
+that of the group means, which are independent and unbiased.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from suite import units
+from suite import timesteps, units
 from suite.data.base import derive_seed
 
 
@@ -29,10 +34,16 @@ def _world() -> tuple[int, int]:
 @torch.no_grad()
 def nll_passes(method, data, *, split: str = "test", n_steps: int | None = None, n_repeats: int = 1,
                batch_size: int = 100, max_examples: int | None = None, seed: int = 0,
-               device: torch.device | str = "cpu", progress: bool = False) -> np.ndarray:
+               device: torch.device | str = "cpu", progress: bool = False, estimator: str = "plain",
+               groups: int = 1):
     """Returns (per-pass mean NLL bound in nats per example, shape (n_repeats,); the first pass's
     per-example values, for the single-pass standard error; the number of examples per pass)."""
     rank, world = _world()
+    if estimator not in ("plain", "systematic"):
+        raise ValueError(f"estimator must be 'plain' or 'systematic', got {estimator!r}")
+    if estimator == "systematic" and (groups < 1 or n_repeats % groups):
+        raise ValueError(f"systematic estimator: n_repeats={n_repeats} must be a positive multiple of groups={groups}")
+    per_group = n_repeats // groups if estimator == "systematic" else 1
     was = method.training
     method.eval()
     means, first = [], []
@@ -43,13 +54,18 @@ def nll_passes(method, data, *, split: str = "test", n_steps: int | None = None,
         torch.manual_seed(derive_seed(seed, r, n_steps or 0, rank))
         total = torch.zeros(2, dtype=torch.float64)
         seen = 0  # examples of the whole split visited so far (across ranks), to honour max_examples
-        for x in data.batches(split, batch_size, seed=seed, epoch=r, shuffle=False, drop_last=False,
-                              rank=rank, world_size=world, device=device):
+        for b, x in enumerate(data.batches(split, batch_size, seed=seed, epoch=r, shuffle=False, drop_last=False,
+                                           rank=rank, world_size=world, device=device)):
             take = min(x.shape[0], max(0, math.ceil((limit - seen) / world)))
             if take <= 0:
                 break
             x = x[:take]
-            v = method.nll(x, n_steps).double().cpu()
+            if estimator == "systematic":
+                g = torch.Generator().manual_seed(derive_seed(seed, r // per_group, b, rank, n_steps or 0, 77))
+                with timesteps.systematic(torch.rand(take, generator=g, dtype=torch.float64), r % per_group, per_group):
+                    v = method.nll(x, n_steps).double().cpu()
+            else:
+                v = method.nll(x, n_steps).double().cpu()
             if not torch.isfinite(v).all():
                 raise FloatingPointError(f"{method.name}: non-finite NLL bound at n_steps={n_steps}; "
                                          "the checkpoint has diverged or the data is out of range")
@@ -71,7 +87,7 @@ def nll_passes(method, data, *, split: str = "test", n_steps: int | None = None,
 def evaluate(method, data, *, n_steps_list=(None,), split: str = "test", n_repeats: int = 1,
              batch_size: int = 100, max_examples: int | None = None, seed: int = 0,
              device: torch.device | str = "cpu", unit: str | None = None, protocol: str = "",
-             progress: bool = False) -> list[dict]:
+             progress: bool = False, estimator: str = "plain", groups: int = 1) -> list[dict]:
     """Tidy rows: one per step count, value and standard error in `unit` (default: the data set's)."""
     spec = data.spec
     unit = unit or units.default_unit(spec.kind, spec.name)
@@ -81,8 +97,13 @@ def evaluate(method, data, *, n_steps_list=(None,), split: str = "test", n_repea
             continue
         means, per_ex, count = nll_passes(method, data, split=split, n_steps=n, n_repeats=n_repeats,
                                           batch_size=batch_size, max_examples=max_examples, seed=seed,
-                                          device=device, progress=progress)
-        if n_repeats > 1:
+                                          device=device, progress=progress, estimator=estimator, groups=groups)
+        if estimator == "systematic":
+            gm = means.reshape(groups, -1).mean(1)
+            mean, se = float(gm.mean()), (units.mean_and_stderr(gm)[1] if groups > 1 else math.nan)
+            how = (f"systematic t: {groups} independent groups of {n_repeats // groups} evenly spaced passes; "
+                   "s.e. over group means")
+        elif n_repeats > 1:
             mean, se = units.mean_and_stderr(means)
             how = f"mean +- s.e. over {n_repeats} passes"
         else:

@@ -1,0 +1,56 @@
+"""Where every method draws its time variable, so the evaluator can lower the variance for all of them.
+
+Methods call `draw_t(B, device)` for a continuous t ~ U(0, 1) per example and `draw_step(B, n, device)`
+for a step i ~ U{1..n}. By default these are plain i.i.d. draws from torch's global RNG. Inside
+`systematic(u, r, R)` the evaluator supplies, per example, a fixed u ~ U(0, 1) and the repeat index r
+of R: t = (u + r/R) mod 1. Over the R repeats every example then sees R evenly spaced times (systematic
+sampling of the t integral), which removes most of the between-repeat variance of the estimate while
+each repeat stays an unbiased one-sample estimator (t is still marginally uniform).
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import torch
+
+_local = threading.local()
+
+
+@contextmanager
+def systematic(u: torch.Tensor, r: int, R: int):
+    """Within this block, the next draw of B times uses t = (u + r/R) mod 1 (u: one value per example)."""
+    if not 0 <= r < R:
+        raise ValueError(f"repeat index r={r} must be in [0, {R})")
+    prev = getattr(_local, "u", None)
+    _local.u = torch.remainder(u.double() + r / R, 1.0)
+    try:
+        yield
+    finally:
+        _local.u = prev
+
+
+def _override(B: int):
+    u = getattr(_local, "u", None)
+    if u is None:
+        return None
+    if u.shape[0] != B:
+        raise ValueError(f"systematic t was prepared for {u.shape[0]} examples, the method asked for {B}")
+    return u
+
+
+def draw_t(B: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """t ~ U(0, 1), one per example."""
+    u = _override(B)
+    if u is None:
+        return torch.rand(B, device=device, dtype=dtype)
+    return u.to(device=device, dtype=dtype)
+
+
+def draw_step(B: int, n: int, device=None) -> torch.Tensor:
+    """i ~ U{1..n}, one per example (int64); under `systematic`, i = floor(t n) + 1."""
+    u = _override(B)
+    if u is None:
+        return torch.randint(1, n + 1, (B,), device=device)
+    return (torch.floor(u * n).long().clamp_(0, n - 1) + 1).to(device)
