@@ -89,6 +89,6 @@ def test_null_model_rows_exact():
     disc = _Seq(kind="discrete", K=3)
     row = null_model_rows(disc, unit="nats")[0]
     x = disc._x
-    p = torch.stack([(torch.bincount(x[:, d], minlength=3) + 1.0) / (60 + 3) for d in range(4)])  # (4, 3)
+    p = torch.stack([(torch.bincount(x[:, d], minlength=3).double() + 1) / (60 + 3) for d in range(4)])  # (4, 3)
     want = -torch.log(p[torch.arange(4), x]).sum(1).mean()
     assert row["value"] == pytest.approx(float(want), rel=1e-10) and row["bound"] == "="
