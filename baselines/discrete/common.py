@@ -1,0 +1,99 @@
+"""Pieces shared by the discrete diffusion baselines: input checks, t sampling, Gumbel sampling, networks.
+
+Everything here is O(B D K) in memory: one-hot inputs and per-class logits, never a K x K matrix.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from suite.data.base import DataSpec
+
+T_SAMPLING = ("iid", "stratified")
+
+
+def check_spec(spec: DataSpec, who: str) -> int:
+    """K for a discrete data set, or a clear error."""
+    if spec.kind != "discrete":
+        raise ValueError(
+            f"{who} models discrete data (class indices), but data set {spec.name!r} is {spec.kind}; "
+            f"use a discrete data set (text, binarised MNIST) or a method for {spec.kind} data"
+        )
+    K = int(spec.num_classes)
+    if K < 2:
+        raise ValueError(f"{who}: need K >= 2 classes, data set {spec.name!r} has {K}")
+    return K
+
+
+def check_t_sampling(t_sampling: str, who: str) -> str:
+    if t_sampling not in T_SAMPLING:
+        raise ValueError(f"{who}: t_sampling must be one of {T_SAMPLING}, got {t_sampling!r}")
+    return t_sampling
+
+
+def check_values(x: torch.Tensor, K: int, who: str) -> None:
+    """Class indices must lie in 0..K-1 (a mask or padding id would silently corrupt the bound)."""
+    if x.numel() and (int(x.min()) < 0 or int(x.max()) >= K):
+        raise ValueError(
+            f"{who}: class indices must lie in 0..{K - 1}, got values in [{int(x.min())}, {int(x.max())}]; "
+            f"map the data to K = {K} classes first"
+        )
+
+
+def uniform_times(
+    B: int, *, stratified: bool, device: torch.device, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """u in [0, 1) per example, float64. Stratified: u_b = (u + b/B) mod 1 (VDM's low-discrepancy t), one
+    shared uniform shift per batch, so the batch covers [0, 1) evenly while each u_b stays U[0, 1)."""
+    if stratified:
+        u0 = torch.rand((), generator=generator, dtype=torch.float64, device=device)
+        return torch.remainder(u0 + torch.arange(B, dtype=torch.float64, device=device) / B, 1.0)
+    return torch.rand(B, generator=generator, dtype=torch.float64, device=device)
+
+
+def gumbel_argmax(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw from Cat(softmax(logits)) over the last axis (Gumbel-max trick), reproducible under a generator."""
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
+    g = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))  # clamps: u = 0 or u -> 1 would give inf
+    return (logits.float() + g).argmax(-1)
+
+
+def bernoulli(p: torch.Tensor, shape: tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor:
+    """Boolean draws with per-example probability p (B,) broadcast over `shape` = (B, *S)."""
+    u = torch.rand(shape, generator=generator, dtype=torch.float64, device=p.device)
+    return u < p.reshape(-1, *([1] * (len(shape) - 1)))
+
+
+def expand_to(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, ..., 1) to broadcast against `like`."""
+    return v.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def build_net(spec: DataSpec, backbone: str, backbone_kwargs: dict | None, in_features: int, out_features: int):
+    """A shared backbone from suite.nets (imported here so a missing suite.nets only breaks the factories)."""
+    from suite.nets import build_backbone
+
+    return build_backbone(backbone, tuple(spec.shape), in_features, out_features, **(backbone_kwargs or {}))
+
+
+def call_net(net: nn.Module, h: torch.Tensor, t: torch.Tensor, shape: tuple[int, ...], out_features: int, who: str):
+    """net(h, t) with t as float32, checked to return (B, *data_shape, out_features), cast up to float32 (losses
+    in float32 even under autocast)."""
+    out = net(h, t.to(torch.float32))
+    want = (h.shape[0], *shape, out_features)
+    if tuple(out.shape) != want:
+        raise ValueError(
+            f"{who}: the network returned shape {tuple(out.shape)}, expected {want} (B, *data_shape, out_features); "
+            f"build it with out_features={out_features}"
+        )
+    return out.float()
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """Device of a module's first parameter or buffer (oracle "networks" in tests may have neither)."""
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
+    return torch.device("cpu")
