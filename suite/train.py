@@ -144,14 +144,18 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
     autocast, scaler = autocast_for(cfg.amp, device)
     D = data.spec.ndim
 
+    saved = {"step": -1}
+
     def save_ckpt():
-        if not info.main:
-            return
+        # every rank takes part in gathering the RNG states; only rank 0 writes
         rngs = [torch.get_rng_state()]
         if info.world_size > 1:
             gathered = [None] * info.world_size
             dist.all_gather_object(gathered, torch.get_rng_state())
             rngs = gathered
+        saved["step"] = step
+        if not info.main:
+            return
         checkpoint.save(run_dir, step, method, ema, opt,
                         {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "history": history,
                          "rng": rngs, "config": cfg.to_dict()})
@@ -209,7 +213,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
         if step < cfg.max_steps:
             epoch, batch_in_epoch = epoch + 1, 0
     bar.close()
-    if step == 0 or not (run_dir / "latest").exists():
+    if saved["step"] != step:
         save_ckpt()
     if info.world_size > 1:
         dist.barrier()
