@@ -58,7 +58,7 @@ class RunConfig:
     eval_batch_size: int = 100
     eval_examples: int | None = None  # None: the whole split
 
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         def need(cond, key, msg):
             if not cond:
                 raise ConfigError(f"config {key}={getattr(self, key, '?')!r}: {msg}")

@@ -14,7 +14,7 @@ CI see only this contract.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

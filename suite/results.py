@@ -18,9 +18,9 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -104,7 +104,7 @@ class Provenance:
     device: str
 
     @classmethod
-    def collect(cls, device=None) -> "Provenance":
+    def collect(cls, device=None) -> Provenance:
         sha = _git("rev-parse", "HEAD") or "unknown"
         status = _git("status", "--porcelain", "--untracked-files=no")
         return cls(

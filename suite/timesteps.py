@@ -54,3 +54,18 @@ def draw_step(B: int, n: int, device=None) -> torch.Tensor:
     if u is None:
         return torch.randint(1, n + 1, (B,), device=device)
     return (torch.floor(u * n).long().clamp_(0, n - 1) + 1).to(device)
+
+
+def uniform_times(B: int, stratified: bool = False, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """u in [0, 1) per example, float64, for methods that offer a batch-stratified option.
+
+    Stratified: u_b = (u + b/B) mod 1 (VDM's low-discrepancy t): the batch covers [0, 1) evenly and each
+    u_b is still U[0, 1), so every per-example estimate stays unbiased. Otherwise `draw_t` (so the
+    evaluator's systematic estimator applies), or plain draws from `generator` when one is given.
+    """
+    if stratified:
+        u0 = torch.rand((), generator=generator, dtype=torch.float64, device=device)
+        return torch.remainder(u0 + torch.arange(B, dtype=torch.float64, device=device) / B, 1.0)
+    if generator is None:
+        return draw_t(B, device=device, dtype=torch.float64)
+    return torch.rand(B, generator=generator, dtype=torch.float64, device=device)

@@ -8,8 +8,6 @@ from suite import checkpoint
 from suite.config import ConfigError, RunConfig, load_config
 from suite.data.base import DataSpec
 from suite.train import TrainingDiverged, train
-
-
 from tests.helpers.toy_method import Gauss as _Gauss  # noqa: E402  registers _test_blob, _test_gauss
 
 

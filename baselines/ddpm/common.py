@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from suite.data.base import DataSpec
+from suite.timesteps import uniform_times  # noqa: F401  (re-exported for the methods)
 
 T_SAMPLING = ("uniform", "stratified")
 
@@ -37,15 +38,6 @@ def check_t_sampling(t_sampling: str, who: str) -> str:
     if t_sampling not in T_SAMPLING:
         raise ValueError(f"{who}: t_sampling must be one of {T_SAMPLING}, got {t_sampling!r}")
     return t_sampling
-
-
-def uniform_times(B: int, stratified: bool, device, generator: torch.Generator | None = None) -> torch.Tensor:
-    """u in [0, 1) per example, float64. Stratified: u_b = (u + b/B) mod 1 (VDM's low-discrepancy t): the batch
-    covers [0, 1) evenly and each u_b is still U[0, 1), so every per-example estimate stays unbiased."""
-    if stratified:
-        u0 = torch.rand((), generator=generator, dtype=torch.float64, device=device)
-        return torch.remainder(u0 + torch.arange(B, dtype=torch.float64, device=device) / B, 1.0)
-    return torch.rand(B, generator=generator, dtype=torch.float64, device=device)
 
 
 def randn_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

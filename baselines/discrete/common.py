@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from suite.data.base import DataSpec
+from suite.timesteps import uniform_times  # noqa: F401  (re-exported for the methods)
 
 T_SAMPLING = ("iid", "stratified")
 
@@ -39,17 +40,6 @@ def check_values(x: torch.Tensor, K: int, who: str) -> None:
             f"{who}: class indices must lie in 0..{K - 1}, got values in [{int(x.min())}, {int(x.max())}]; "
             f"map the data to K = {K} classes first"
         )
-
-
-def uniform_times(
-    B: int, *, stratified: bool, device: torch.device, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """u in [0, 1) per example, float64. Stratified: u_b = (u + b/B) mod 1 (VDM's low-discrepancy t), one
-    shared uniform shift per batch, so the batch covers [0, 1) evenly while each u_b stays U[0, 1)."""
-    if stratified:
-        u0 = torch.rand((), generator=generator, dtype=torch.float64, device=device)
-        return torch.remainder(u0 + torch.arange(B, dtype=torch.float64, device=device) / B, 1.0)
-    return torch.rand(B, generator=generator, dtype=torch.float64, device=device)
 
 
 def gumbel_argmax(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -23,6 +23,7 @@ from torch import nn
 
 from baselines.sohl2015.schedules import alpha_bar, check_T, step_grid
 from baselines.sohl2015.temporal import temporal_basis, temporal_readout
+from suite import timesteps
 from suite.data.base import DataSpec
 from suite.methods import Method
 
@@ -112,7 +113,10 @@ class SohlDiffusion(Method):
                 rep = y.repeat(len(steps), *([1] * (y.dim() - 1)))
                 kl = kl + self._kl(rep, steps.repeat_interleave(B), grid, ab, generator).view(len(steps), B).sum(0)
         else:  # one step per example: unbiased for the sum, (n - 1) x one network pass
-            i = torch.randint(2, n + 1, (B,), generator=generator, device=y.device)
+            if generator is None:  # through suite.timesteps, so the evaluator's systematic estimator applies
+                i = timesteps.draw_step(B, n - 1, device=y.device) + 1
+            else:
+                i = torch.randint(2, n + 1, (B,), generator=generator, device=y.device)
             kl = (n - 1) * self._kl(y, i, grid, ab, generator)
         terms = {"kl": kl, **self._fixed_terms(y, 1 - ab[1], ab[n])}
         terms.update(data_terms)

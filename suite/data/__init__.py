@@ -7,10 +7,10 @@ Each data module registers its data sets with `@register("name")` on a factory
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from suite.data.base import DataError, DataSpec, Dataset, SPLITS
+from suite.data.base import SPLITS, DataError, Dataset, DataSpec
 
 __all__ = ["DataError", "DataSpec", "Dataset", "SPLITS", "register", "get_dataset", "dataset_names"]
 

@@ -11,8 +11,9 @@ Methods and evaluators see only `spec` and `batches(...)`; they never special-ca
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 
