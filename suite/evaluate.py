@@ -92,9 +92,12 @@ def evaluate(method, data, *, n_steps_list=(None,), split: str = "test", n_repea
     spec = data.spec
     unit = unit or units.default_unit(spec.kind, spec.name)
     rows = []
+    discrete_T = None if getattr(method, "continuous_time", True) else getattr(method, "T", None)
     for n in n_steps_list:
-        if n is None and not getattr(method, "continuous_time", True):
-            continue
+        if discrete_T is not None and n is not None and n > discrete_T:
+            continue  # a discrete-time model has no bound finer than the grid it was trained on
+        if discrete_T is not None and n == discrete_T and None in n_steps_list:
+            continue  # the same bound as n=None (its full grid), evaluated once
         means, per_ex, count = nll_passes(method, data, split=split, n_steps=n, n_repeats=n_repeats,
                                           batch_size=batch_size, max_examples=max_examples, seed=seed,
                                           device=device, progress=progress, estimator=estimator, groups=groups)
@@ -111,7 +114,8 @@ def evaluate(method, data, *, n_steps_list=(None,), split: str = "test", n_repea
             how = "one pass; s.e. over examples"
         rows.append(dict(
             method=getattr(method, "registered_name", method.name), dataset=spec.name, split=split, metric="nll",
-            n_steps=math.inf if n is None else float(n),
+            # None = continuous time, or a discrete-time model's full trained grid of T steps
+            n_steps=(math.inf if discrete_T is None else float(discrete_T)) if n is None else float(n),
             value=float(units.nats_to(mean, unit, spec.ndim)), stderr=float(units.nats_to(se, unit, spec.ndim)),
             unit=unit, bound="<=", n_repeats=n_repeats, n_examples=count, n_dims=spec.ndim, seed=seed,
             protocol="; ".join(p for p in (how, "one t and noise draw per example per pass", protocol,

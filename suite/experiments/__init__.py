@@ -10,9 +10,9 @@ CPU, `paper` for GPUs):
     backbone_kwargs: {channels: 32, blocks: 3}
     train: {batch_size: 32, max_steps: 1500, lr: 1.0e-3}   # shared RunConfig fields
     eval: {eval_n_steps: [10, 25, 100, inf], eval_repeats: 4, eval_examples: 1000}
-    methods:                               # method -> its own hyperparameters
-      bfn_discrete: {beta1: 3.0}
-      sohl_binomial: {T: 100}
+    methods:                               # method -> its own hyperparameters, and optionally
+      bfn_discrete: {beta1: 3.0}           #   train: / eval: / backbone_kwargs: of its own (never the
+      sohl_binomial: {T: 100, backbone_kwargs: {channels: 30}}   # shared training settings)
 
 Fairness is enforced, not hoped for: every method of a comparison gets the same backbone class and
 size, optimizer, batch size, number of updates and data order (same seed), and `check_fair` refuses
@@ -55,14 +55,17 @@ class Comparison:
             raise ConfigError(f"comparison {self.name!r} has no method {method!r}; it has {sorted(self.methods)}")
         mk = dict(self.methods[method] or {})
         per_method_train = mk.pop("train", {})  # e.g. train_n_steps for discrete-time-only baselines
+        per_method_eval = mk.pop("eval", {})  # e.g. the step counts a discrete-time model can be evaluated at
+        # the same backbone class; its size may be tuned per method so parameter counts match (check_fair)
+        per_method_backbone = mk.pop("backbone_kwargs", {})
         bad = sorted(set(per_method_train) & set(SHARED_TRAIN_KEYS))
         if bad:
             raise ConfigError(f"comparison {self.name}: method {method} overrides shared training setting(s) {bad}; "
                               "a fair comparison keeps them equal")
         cfg = RunConfig(name=f"{self.name}__{method}", method=method, dataset=self.dataset, backbone=self.backbone,
-                        backbone_kwargs=dict(self.backbone_kwargs), method_kwargs=mk,
+                        backbone_kwargs={**self.backbone_kwargs, **per_method_backbone}, method_kwargs=mk,
                         data_kwargs=dict(self.data_kwargs), out_dir=str(out_dir))
-        apply(cfg, {**self.train, **per_method_train, **self.eval})
+        apply(cfg, {**self.train, **per_method_train, **self.eval, **per_method_eval})
         if overrides:
             apply(cfg, parse_overrides(overrides))
         return cfg.validate()
