@@ -45,14 +45,25 @@ def _save(fig, path: Path) -> list[Path]:
     return out
 
 
+def _grid(n: int, height: float, cols: int = 3):
+    """A figure with n panels, at most `cols` per row; unused panels hidden."""
+    cols = min(cols, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, height * rows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
 def nll_vs_steps(df: pd.DataFrame, path: Path) -> list[Path]:
     """One panel per data set: NLL bound against n steps (log x, error bars), continuous time dashed."""
     d = df[(df["metric"] == "nll") & df["n_steps"].notna()]
     if d.empty:
         return []
     sets = sorted(d["dataset"].unique())
-    fig, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 3.4), squeeze=False)
-    for ax, name in zip(axes[0], sets):
+    fig, axes = _grid(len(sets), 3.4)
+    for ax, name in zip(axes, sets, strict=False):
         s = d[d["dataset"] == name]
         for m, g in s.groupby("method", sort=True):
             c = colour(m)
@@ -81,8 +92,8 @@ def training_curves(df: pd.DataFrame, path: Path) -> list[Path]:
     d["step"] = d["train_info"].map(lambda s: json.loads(s)["step"])
     d["comparison"] = d["train_info"].map(lambda s: json.loads(s)["comparison"])
     comps = sorted(d["comparison"].unique())
-    fig, axes = plt.subplots(1, len(comps), figsize=(4.2 * len(comps), 3.2), squeeze=False)
-    for ax, comp in zip(axes[0], comps):
+    fig, axes = _grid(len(comps), 3.2)
+    for ax, comp in zip(axes, comps, strict=False):
         for m, g in d[d["comparison"] == comp].groupby("method", sort=True):
             g = g.sort_values("step")
             ax.plot(g["step"], g["value"] / g["n_dims"], color=colour(m), label=m, lw=1.4)
@@ -103,6 +114,9 @@ def sample_grid(method, spec, path: Path, n_steps_list=(10, 100), num: int = 36,
     was = method.training
     method.eval()
     out = []
+    T = None if getattr(method, "continuous_time", True) else getattr(method, "T", None)
+    if T is not None:  # a discrete-time model samples on (a sub-sequence of) its trained grid
+        n_steps_list = sorted({min(n, T) for n in n_steps_list})
     for n in n_steps_list:
         g = torch.Generator(device=method.device).manual_seed(seed)
         x = method.sample(num, n, generator=g).cpu()
