@@ -1,0 +1,195 @@
+"""BFN for discrete data: K classes per dimension, K >= 2 (MATH.md s.5; BFN paper Sec. 6).
+
+theta lives on the simplex, uniform prior; the sender is N(y | alpha (K e_x - 1), alpha K I), the update
+theta' prop. to e^y theta, so we carry z = ln theta + const (the sum of all y so far) and theta = softmax(z):
+no underflow for any beta1. beta(t) = beta1 t^2; the flow is theta = softmax(y), y ~ N(beta (K e_x - 1), beta K I).
+
+  L^inf(x) = K beta1 E_t[t ||e_x - e-hat(theta, t)||^2]                                      (paper Eq. 205)
+  L^n(x)   = n E_{i, theta, y}[ln p_S(y | x; alpha_i) - ln p_R(y | theta; t_{i-1}, alpha_i)]   (paper Eq. 189-190)
+  L^r(x)   = -ln p_O(x | theta; 1)                                                           (MATH.md s.5)
+
+Receivers (`receiver=`):
+  "paper"          the K-dim mixture sum_k p_O(k) N(y | alpha (K e_k - 1), alpha K I) (paper Eq. 190). Since
+                   ln N(y | alpha (K e_k - 1), alpha K I) = c(y, alpha) + y_k with c free of k (MATH.md s.2),
+                   ln p_S - ln p_R = y_x - LSE_k(y_k + ln p_O(k)) per variable: O(K), computed stably.
+  "factorised_1d"  the reference code's receiver: a product over coordinates j of 1-D two-component mixtures
+                   p_O(j) N(y_j | alpha (K-1), alpha K) + (1 - p_O(j)) N(y_j | -alpha, alpha K). A valid but
+                   looser bound (not the sender's marginal); O(K) here, not the reference's K x K tensor.
+
+Network input: 2 theta - 1 (K features); for K = 2 the single feature 2 theta_1 - 1 and a single output
+logit l with p_O(1) = sigmoid(l), as in the reference.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from suite.bfn.base import BFN, build_net, paper_hparams
+from suite.bfn.schedules import DiscreteSchedule
+from suite.methods import register_method
+
+Tensor = torch.Tensor
+RECEIVERS = ("paper", "factorised_1d")
+
+
+def paper_receiver_kl(log_p: Tensor, x: Tensor, eps: Tensor, alpha: Tensor) -> Tensor:
+    """ln p_S(y | x) - ln p_R(y) = y_x - LSE_k(y_k + ln p_O(k)), per variable (MATH.md s.5).
+
+    y = alpha (K e_x - 1) + sqrt(alpha K) eps; written as -LSE_k(ln p_O(k) + y_k - y_x), where
+    y_k - y_x = sqrt(alpha K)(eps_k - eps_x) - alpha K [k != x] is formed without the large common
+    offset, so large beta1 loses no precision. log_p, eps: (..., K); x: (...); alpha broadcasts to x.
+    """
+    K = log_p.shape[-1]
+    a = alpha[..., None]
+    eps_x = eps.gather(-1, x[..., None])
+    not_x = 1.0 - F.one_hot(x, K).to(log_p.dtype)
+    dy = torch.sqrt(a * K) * (eps - eps_x) - a * K * not_x
+    return -torch.logsumexp(log_p + dy, -1)
+
+
+def factorised_receiver_kl(log_p: Tensor, x: Tensor, eps: Tensor, alpha: Tensor) -> Tensor:
+    """ln p_S(y | x) - sum_j ln[p_O(j) N(y_j | alpha (K-1), alpha K) + (1 - p_O(j)) N(y_j | -alpha, alpha K)].
+
+    Against the base density N(y_j | -alpha, alpha K) the "is class j" component has log-ratio
+    u_j = y_j + alpha - alpha K / 2, so per variable: u_x - sum_j LSE(ln p_O(j) + u_j, ln(1 - p_O(j)));
+    u_x is moved inside the j = x term so nothing of size alpha K cancels.
+    """
+    K = log_p.shape[-1]
+    a = alpha[..., None]
+    is_x = F.one_hot(x, K).to(log_p.dtype)
+    u = a * K * (is_x - 0.5) + torch.sqrt(a * K) * eps
+    u_x = u.gather(-1, x[..., None])
+    # ln(1 - p_j): log1p(-p_j) is exact unless p_j is the largest; there sum the others instead
+    p = log_p.exp()
+    top = F.one_hot(log_p.argmax(-1), K).bool()
+    others = p.masked_fill(top, 0.0).sum(-1, keepdim=True)
+    log_1mp = torch.where(top, others.clamp_min(1e-45).log(), torch.log1p(-p.masked_fill(top, 0.0)))
+    shift = is_x * u_x
+    return -torch.logaddexp(log_p + u - shift, log_1mp - shift).sum(-1)
+
+
+class DiscreteBFN(BFN):
+    name = "bfn_discrete"
+
+    def __init__(self, spec, net, beta1: float | None = None, receiver: str = "paper", final: str = "sample"):
+        """beta1: final accuracy; default the paper's value for its data: 9 for K = 2 (binarised MNIST,
+        sqrt(beta1) = 3), 0.5625 otherwise (text8, sqrt(beta1) = 0.75)."""
+        self.check_spec(spec)
+        super().__init__(spec, net, final)
+        if receiver not in RECEIVERS:
+            raise ValueError(
+                f"receiver must be 'paper' (the K-dim mixture, paper Eq. 190) or 'factorised_1d' (the reference code's "
+                f"product of 1-D mixtures, a looser bound), got {receiver!r}"
+            )
+        self.K = spec.num_classes
+        self.schedule = DiscreteSchedule((9.0 if self.K == 2 else 0.5625) if beta1 is None else beta1)
+        self.beta1 = self.schedule.beta1
+        self.receiver = receiver
+        self.register_buffer("_signs", torch.tensor([-1.0, 1.0]), persistent=False)
+
+    @staticmethod
+    def check_spec(spec) -> None:
+        if spec.kind != "discrete":
+            raise ValueError(f"bfn_discrete needs a discrete data set (K classes); {spec.name} is {spec.kind}")
+        if spec.num_classes is None or spec.num_classes < 2:
+            raise ValueError(f"bfn_discrete needs K >= 2 classes, got K = {spec.num_classes}")
+
+    @classmethod
+    def from_reference_config(cls, spec, net, **cfg):
+        """Build from the reference code's names: max_sqrt_beta = sqrt(beta1)."""
+        return cls(spec, net, **paper_hparams(dict(cfg)))
+
+    @property
+    def in_features(self) -> int:
+        return 1 if self.K == 2 else self.K
+
+    def check_batch(self, x: Tensor) -> None:
+        super().check_batch(x)
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.K):
+            raise ValueError(
+                f"{self.name}: class indices must lie in 0..{self.K - 1}, got range [{int(x.min())}, {int(x.max())}]"
+            )
+
+    # --- theta and the network ---
+    def net_input(self, z: Tensor) -> Tensor:
+        """2 theta - 1 from the logits z (the reference's input scaling); for K = 2 only the class-1 channel,
+        2 theta_1 - 1 = tanh((z_1 - z_0) / 2), without a softmax over a length-2 axis (slow on CPU)."""
+        if self.K == 2:
+            return torch.tanh(0.5 * (z[..., 1:] - z[..., :1]))
+        return 2 * torch.softmax(z, -1) - 1
+
+    def log_output(self, z: Tensor, t: Tensor) -> Tensor:
+        """ln p_O(. | theta, t) from the logits z = ln theta + const, shaped (B, *shape, K)."""
+        out = self.run_net(self.net_input(z.float()), t)
+        if self.K == 2:  # one logit l: ln p_O = (ln sigmoid(-l), ln sigmoid(l))
+            return F.logsigmoid(out * self._signs)
+        return torch.log_softmax(out, -1)
+
+    def flow(self, x: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
+        """y ~ N(beta (K e_x - 1), beta K I) (MATH.md s.5); returns y, the logits of theta = softmax(y)."""
+        beta = self.bcast(self.schedule.beta(t)).float()[..., None]
+        noise = torch.randn(*x.shape, self.K, device=x.device) if noise is None else noise
+        return beta * (self.K * F.one_hot(x, self.K).float() - 1) + torch.sqrt(beta * self.K) * noise
+
+    # --- losses ---
+    def loss_cts(self, x: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
+        """K beta1 t ||e_x - e-hat||^2 (paper Eq. 205), with ||e_x - p||^2 = 1 - 2 p_x + sum_k p_k^2."""
+        p = self.log_output(self.flow(x, t, noise), t).exp()
+        sq = 1.0 - 2.0 * p.gather(-1, x[..., None])[..., 0] + (p * p).sum(-1)
+        return (self.K * self.beta1 * t).float() * self.per_example(sq)
+
+    def loss_nstep(
+        self, x: Tensor, i: Tensor, n: int, noise: Tensor | None = None, y_noise: Tensor | None = None
+    ) -> Tensor:
+        """n [ln p_S(y | x; alpha_i) - ln p_R(y | theta; t_{i-1}, alpha_i)], one sender draw (paper Eq. 189-190)."""
+        t = (i.to(torch.float64) - 1) / n
+        log_p = self.log_output(self.flow(x, t, noise), t)
+        alpha = self.bcast(self.schedule.alpha_i(i, n)).float().expand(x.shape)
+        y_noise = torch.randn_like(log_p) if y_noise is None else y_noise
+        kl = (paper_receiver_kl if self.receiver == "paper" else factorised_receiver_kl)(log_p, x, y_noise, alpha)
+        return n * self.per_example(kl)
+
+    def recon(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
+        """-ln p_O(x | theta; 1), theta ~ p_F(. | x; 1) (MATH.md s.5)."""
+        t = torch.ones(x.shape[0], dtype=torch.float64, device=x.device)
+        log_p = self.log_output(self.flow(x, t, noise), t)
+        return -self.per_example(log_p.gather(-1, x[..., None])[..., 0])
+
+    # --- sampler hooks ---
+    def prior(self, num: int, device) -> Tensor:
+        return torch.zeros(num, *self.spec.shape, self.K, device=device)  # uniform theta
+
+    def output(self, z: Tensor, t: Tensor) -> Tensor:
+        return self.log_output(z, t)
+
+    def sample_output(self, log_p: Tensor, generator=None) -> Tensor:
+        """k ~ p_O by Gumbel-max (O(K) per variable, reproducible under `generator`)."""
+        u = torch.rand(log_p.shape, generator=generator, device=log_p.device).clamp_(min=1e-20)
+        return (log_p - torch.log(-torch.log(u))).argmax(-1)
+
+    def sender(self, k: Tensor, alpha: float, generator=None) -> Tensor:
+        """y ~ N(alpha (K e_k - 1), alpha K I)."""
+        noise = torch.randn(*k.shape, self.K, generator=generator, device=k.device)
+        return alpha * (self.K * F.one_hot(k, self.K).float() - 1) + math.sqrt(alpha * self.K) * noise
+
+    def update(self, z: Tensor, y: Tensor, alpha: float) -> Tensor:
+        """theta' prop. to e^y theta (MATH.md s.5): add y to the logits."""
+        return z + y
+
+    def final_sample(self, log_p: Tensor, generator=None) -> Tensor:
+        return self.sample_output(log_p, generator) if self.final == "sample" else log_p.argmax(-1)
+
+
+@register_method("bfn_discrete")
+def bfn_discrete(
+    spec, backbone: str | None = None, backbone_kwargs: dict | None = None, net=None, **hparams
+) -> DiscreteBFN:
+    """BFN for discrete data. Hyperparameters: beta1, receiver ("paper" | "factorised_1d"), final; the
+    reference config's `max_sqrt_beta` (= sqrt(beta1)) is accepted and converted."""
+    DiscreteBFN.check_spec(spec)
+    out = 1 if spec.num_classes == 2 else spec.num_classes
+    net = net if net is not None else build_net(spec, backbone, backbone_kwargs, out, out)
+    return DiscreteBFN(spec, net, **paper_hparams(hparams))

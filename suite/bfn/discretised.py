@@ -1,0 +1,123 @@
+"""BFN for discretised data: K bins on [-1, 1] (MATH.md s.4; BFN paper Sec. 5).
+
+Flow, schedule, sender and update are those of continuous data (continuous.py). The network outputs
+(mu_eps, ln sigma_eps) per dimension, turned into (mu_x, sigma_x) (MATH.md s.4); the output distribution
+is the discretised N(mu_x, sigma_x^2) with tails clipped into the end bins (dgauss.py).
+
+  L^inf(x) = -ln(sigma1) E_t[sigma1^(-2t) ||x - k-hat(theta, t)||^2]                        (MATH.md s.4)
+  L^n(x)   = n E_{i, theta, y ~ N(x, 1/alpha_i)}[ln N(y | x, 1/alpha_i) - sum_d ln p_R^(d)(y^(d))],
+             p_R = sum_k p_O(k) N(. | k_c, 1/alpha_i), Monte Carlo over `n_y_samples` sender draws  (MATH.md s.4)
+  L^r(x)   = -ln p_O(x | theta; 1)                                                          (MATH.md s.4)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from suite.bfn.base import build_net, paper_hparams
+from suite.bfn.continuous import GaussianFlowBFN
+from suite.bfn.dgauss import bin_mean, log_bin_prob, mode_bins, sample_bins
+from suite.bfn.mixture import mixture_lse
+from suite.methods import register_method
+
+Tensor = torch.Tensor
+LOG_SIGMA_MIN, LOG_SIGMA_MAX = math.log(1e-3), math.log(10.0)  # the reference's clamp on sigma_x
+
+
+class DiscretisedBFN(GaussianFlowBFN):
+    name = "bfn_discretised"
+
+    def __init__(
+        self,
+        spec,
+        net,
+        sigma1: float = 1e-3,
+        t_min: float = 1e-6,
+        n_y_samples: int = 1,
+        final: str = "sample",
+        chunk_elems: int = 1 << 18,
+    ):
+        """n_y_samples: sender draws per example in L^n (the reference averages 10; any count is unbiased).
+        chunk_elems: elements x bins processed at once by the fused receiver (memory, not results)."""
+        self.check_spec(spec)
+        super().__init__(spec, net, sigma1, t_min, final)
+        if isinstance(n_y_samples, bool) or not isinstance(n_y_samples, int) or n_y_samples < 1:
+            raise ValueError(f"n_y_samples must be an integer >= 1, got {n_y_samples!r}")
+        self.K = spec.num_classes
+        self.n_y_samples = n_y_samples
+        self.chunk_elems = int(chunk_elems)
+
+    @staticmethod
+    def check_spec(spec) -> None:
+        if spec.kind != "discretised":
+            raise ValueError(
+                f"bfn_discretised needs a discretised data set (K bins on [-1, 1]); {spec.name} is {spec.kind}"
+            )
+
+    def out_params(self, mu: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(mu_x, sigma_x) (MATH.md s.4): mu_x = mu/gamma - sqrt((1-gamma)/gamma) mu_eps,
+        sigma_x = sqrt((1-gamma)/gamma) exp(ln sigma_eps) clamped to [1e-3, 10]; (0, 1) for t < t_min."""
+        out = self.run_net(mu[..., None], t)
+        mu_eps, log_sigma_eps = out[..., 0], out[..., 1]
+        inv_g, ratio, keep = self.coefficients(t)
+        mu_x = torch.where(keep, mu * inv_g - ratio * mu_eps, 0.0)
+        # clamp ln sigma_x, not sigma_x: exp of a large network output must not overflow into a NaN gradient
+        log_ratio = torch.where(ratio > 0, ratio, 1.0).log()
+        log_sigma = torch.clamp(log_ratio + log_sigma_eps, LOG_SIGMA_MIN, LOG_SIGMA_MAX)
+        sigma_x = torch.where(keep, log_sigma.exp(), 1.0)
+        return mu_x, sigma_x
+
+    def loss_cts(self, x: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
+        """-ln(sigma1) sigma1^(-2t) ||x - k-hat||^2 (MATH.md s.4), k-hat in O(1) per pixel (dgauss.bin_mean)."""
+        mu_x, sigma_x = self.out_params(self.flow(x, t, noise), t)
+        k_hat = bin_mean(mu_x, sigma_x, self.K)
+        w = (-self.schedule.log_sigma1 * self.schedule.rho(t)).float()
+        return w * self.per_example((x.float() - k_hat) ** 2)
+
+    def loss_nstep(
+        self, x: Tensor, i: Tensor, n: int, noise: Tensor | None = None, y_noise: Tensor | None = None
+    ) -> Tensor:
+        """n [ln N(y | x, 1/alpha_i) - ln p_R(y | theta; t_{i-1}, alpha_i)], y = x + y_noise / sqrt(alpha_i),
+        averaged over y_noise's leading axis (n_y_samples draws by default) (MATH.md s.4)."""
+        t = (i.to(torch.float64) - 1) / n
+        mu_x, sigma_x = self.out_params(self.flow(x, t, noise), t)
+        alpha = self.bcast(self.schedule.alpha_i(i, n)).float().expand_as(mu_x)
+        if y_noise is None:
+            y_noise = torch.randn(self.n_y_samples, *x.shape, device=x.device)
+        y = x.float() + y_noise / alpha.sqrt()
+        S = y_noise.shape[0]
+        lam = mixture_lse(
+            mu_x.reshape(-1), sigma_x.reshape(-1), alpha.reshape(-1), y.reshape(S, -1), self.K, self.chunk_elems
+        )
+        # ln N(y | x, 1/alpha) - ln p_R(y) = -alpha (y - x)^2 / 2 - Lambda (the normalisers cancel)
+        kl = -0.5 * (y_noise**2).mean(0) - lam.reshape(mu_x.shape)
+        return n * self.per_example(kl)
+
+    def recon(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
+        """-ln p_O(x | theta; 1), exact in the tails (log-space bin mass)."""
+        t = torch.ones(x.shape[0], dtype=torch.float64, device=x.device)
+        mu_x, sigma_x = self.out_params(self.flow(x, t, noise), t)
+        return -self.per_example(log_bin_prob(x.float(), mu_x, sigma_x, self.K))
+
+    # --- sampler hooks ---
+    def output(self, state, t: Tensor) -> tuple[Tensor, Tensor]:
+        return self.out_params(state[0], t)
+
+    def sample_output(self, out, generator=None) -> Tensor:
+        return sample_bins(*out, self.K, generator)
+
+    def final_sample(self, out, generator=None) -> Tensor:
+        return sample_bins(*out, self.K, generator) if self.final == "sample" else mode_bins(*out, self.K)
+
+
+@register_method("bfn_discretised")
+def bfn_discretised(
+    spec, backbone: str | None = None, backbone_kwargs: dict | None = None, net=None, **hparams
+) -> DiscretisedBFN:
+    """BFN for discretised data. Hyperparameters: sigma1, t_min, n_y_samples, final; the reference
+    config's `min_variance` (= sigma1^2) is accepted and converted."""
+    DiscretisedBFN.check_spec(spec)
+    net = net if net is not None else build_net(spec, backbone, backbone_kwargs, 1, 2)
+    return DiscretisedBFN(spec, net, **paper_hparams(hparams))
