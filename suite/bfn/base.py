@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from suite import timesteps
 from suite.bfn.schedules import check_n_steps, from_reference_config
 from suite.methods import Method
 
@@ -94,11 +95,12 @@ class BFN(Method):
 
     @staticmethod
     def draw_t(B: int, device) -> Tensor:
-        return torch.rand(B, device=device, dtype=torch.float64)
+        """t ~ U(0, 1) through suite.timesteps, so the evaluator's systematic estimator reaches BFN too."""
+        return timesteps.draw_t(B, device=device, dtype=torch.float64)
 
     @staticmethod
     def draw_i(B: int, n: int, device) -> Tensor:
-        return torch.randint(1, n + 1, (B,), device=device)
+        return timesteps.draw_step(B, n, device=device)
 
     # --- the contract ------------------------------------------------------------------------------
     def loss(self, x: Tensor, n_steps: int | None = None) -> Tensor:
