@@ -7,6 +7,7 @@
     bfnbench sample RUN_DIR [--n-steps 10 100] [--num 64]
     bfnbench bench [--scale embedded|paper] [--only NAME ...] [key=value ...]
     bfnbench tables | plots [--results DIR] [--out DIR]
+    bfnbench regress check | train | refresh [--case NAME ...]   CI likelihood regression
     bfnbench methods                         registered methods
 """
 
@@ -155,6 +156,29 @@ def cmd_plots(args) -> int:
     return 0
 
 
+def cmd_regress(args) -> int:
+    import pandas as pd
+
+    from suite import regression as rg
+
+    cases = [rg._case(n) for n in args.case] if args.case else None
+    if args.regress_cmd == "refresh":
+        table = rg.refresh(cases)
+        print("refreshed the CI references (old beside new):")
+    else:
+        new = rg.run_checkpoints(cases) if args.regress_cmd == "check" else rg.run_training(cases)
+        ref = rg.load_reference()
+        ref = ref[(ref["kind"] == new["kind"].iloc[0]) & ref["case"].isin(new["case"])]
+        table = rg.compare(ref, new)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.5g}"))
+    if args.regress_cmd != "refresh" and table["moved"].any():
+        print(f"bfnbench: {int(table['moved'].sum())} likelihood(s) moved beyond {rg.N_SIGMA:g} standard errors",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_methods(args) -> int:
     from suite.methods import method_names
 
@@ -217,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--results", default="results/embedded/runs")
         q.add_argument("--out", default=f"results/embedded/{name}")
         q.set_defaults(func=fn)
+
+    r = sub.add_parser("regress", help="likelihood regression against the committed tiny checkpoints")
+    r.add_argument("regress_cmd", choices=["check", "train", "refresh"],
+                   help="check: evaluate committed checkpoints; train: retrain and evaluate; refresh: rewrite them")
+    r.add_argument("--case", nargs="+", default=None)
+    r.set_defaults(func=cmd_regress)
 
     m = sub.add_parser("methods", help="list registered methods")
     m.set_defaults(func=cmd_methods)
