@@ -137,7 +137,9 @@ def table_sohl(df, ref) -> pd.DataFrame:
         null = df[(df["metric"] == "nll") & (df["method"] == "null") & (df["dataset"] == r["dataset"])]
         if len(d):
             best = d.sort_values("n_steps").iloc[-1]  # the full grid
-            to_bits = lambda v: units.convert(float(v), best["unit"], "bits", int(best["n_dims"]))  # noqa: E731
+            def to_bits(v, best=best):
+                return units.convert(float(v), best["unit"], "bits", int(best["n_dims"]))
+
             row["K bfnbench"] = _fmt(-to_bits(best["value"]), to_bits(best["stderr"]), 3)
             if len(null):
                 nb = units.convert(float(null.iloc[-1]["value"]), null.iloc[-1]["unit"], "bits", int(best["n_dims"]))

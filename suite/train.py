@@ -84,7 +84,7 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
     e = [p for p in ema.parameters()]
     m = [p.detach() for p in model.parameters()]
     torch._foreach_lerp_(e, m, 1.0 - decay)
-    for be, bm in zip(ema.buffers(), model.buffers()):
+    for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
         be.copy_(bm)
 
 
@@ -110,7 +110,8 @@ def validate(method: Method, data, cfg: RunConfig, device: torch.device) -> floa
 def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
     """Train `cfg.method` on `cfg.dataset`; return the run folder (checkpoints, history.json, config)."""
     cfg.validate()
-    info = init_distributed("cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+    on_gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    info = init_distributed("cuda" if on_gpu else "cpu")
     device = resolve_device(cfg.device, info.local_rank)
     run_dir = Path(cfg.out_dir) / cfg.name
     torch.manual_seed(cfg.seed + info.rank)
