@@ -87,23 +87,26 @@ def cmd_eval(args) -> int:
 
     from suite import results
     from suite.evaluate import evaluate
-    from suite.train import resolve_device
+    from suite.train import init_distributed, resolve_device
 
     cfg, method, data = _load_run(args.run_dir, args.overrides)
-    device = resolve_device(cfg.device)
+    on_gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    info = init_distributed("cuda" if on_gpu else "cpu")  # under torchrun: shard the split across ranks
+    device = resolve_device(cfg.device, info.local_rank)
     method.to(device)
     n_list = _steps(args.n_steps) if args.n_steps else cfg.eval_n_steps
     rows = evaluate(method, data, n_steps_list=n_list, split=args.split or cfg.eval_split,
                     n_repeats=args.repeats or cfg.eval_repeats, batch_size=cfg.eval_batch_size,
                     max_examples=args.max_examples or cfg.eval_examples, seed=cfg.seed, device=device,
                     progress=True)
+    if not info.main:
+        return 0  # rank 0 holds the all-reduced numbers and writes them
     table = results.make_table(rows, run_id=results.new_run_id(f"eval-{cfg.name}"),
                                provenance=results.Provenance.collect(device), config=cfg.to_dict())
     path = results.write_run(table, args.out)
     show = table[["method", "dataset", "n_steps", "value", "stderr", "unit", "bound"]]
     print(show.to_string(index=False))
     print(f"wrote {path}")
-    del torch
     return 0
 
 
@@ -135,6 +138,13 @@ def cmd_bench(args) -> int:
 
     run_bench(args.scale, out=args.out, only=args.only, overrides=args.overrides, progress=not args.quiet,
               samples=not args.no_samples)
+    return 0
+
+
+def cmd_variance(args) -> int:
+    from suite.bench import variance_study
+
+    print(f"wrote {variance_study(args.scale, args.out, args.only, passes=args.passes, groups=args.groups)}")
     return 0
 
 
@@ -235,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-samples", action="store_true")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_bench)
+
+    v = sub.add_parser("variance", help="plain against systematic t, same network evaluations, on trained bench runs")
+    v.add_argument("--scale", default="embedded", choices=["embedded", "paper"])
+    v.add_argument("--only", nargs="+", default=None)
+    v.add_argument("--out", default="results")
+    v.add_argument("--passes", type=int, default=16)
+    v.add_argument("--groups", type=int, default=4)
+    v.set_defaults(func=cmd_variance)
 
     for name, fn, what in (("tables", cmd_tables, "paper tables"), ("plots", cmd_plots, "plots")):
         q = sub.add_parser(name, help=f"regenerate the {what} from a results folder")

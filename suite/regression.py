@@ -14,6 +14,11 @@ Why 3 standard errors: with fixed seeds the evaluation is deterministic on one m
 comes from a change in code, library or hardware. Float differences across CPUs and BLAS builds are far
 below the Monte-Carlo error, while a wrong term in a bound moves it by many standard errors.
 `abs_tol` (1e-3 nats per example) only guards cases whose standard error is tiny.
+
+Everything here runs on one intra-op thread: a training run is chaotic, and two threads sum in another
+order, which after 150 updates moves a tiny transformer's bound by several standard errors. With the
+thread count pinned, a retrain is bit-for-bit repeatable on one machine; on a CPU with other vector
+kernels `regress train` may still move, and prints old beside new to show by how much.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +88,16 @@ CASES = [
 ]
 
 
+@contextmanager
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def _case(name: str) -> Case:
     for c in CASES:
         if c.name == name:
@@ -126,17 +142,19 @@ def compare(ref: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
 
 def run_checkpoints(cases=None) -> pd.DataFrame:
     rows = []
-    for c in cases or CASES:
-        rows += [{**r, "kind": "checkpoint"} for r in evaluate_case(c, CKPT_DIR / c.name)]
+    with one_thread():
+        for c in cases or CASES:
+            rows += [{**r, "kind": "checkpoint"} for r in evaluate_case(c, CKPT_DIR / c.name)]
     return pd.DataFrame(rows)
 
 
 def run_training(cases=None, out_dir: Path | None = None) -> pd.DataFrame:
     rows = []
     tmp = Path(out_dir or tempfile.mkdtemp(prefix="bfnbench-ci-"))
-    for c in cases or CASES:
-        run = train(c.config(tmp), progress=False)
-        rows += [{**r, "kind": "retrain"} for r in evaluate_case(c, run)]
+    with one_thread():
+        for c in cases or CASES:
+            run = train(c.config(tmp), progress=False)
+            rows += [{**r, "kind": "retrain"} for r in evaluate_case(c, run)]
     return pd.DataFrame(rows)
 
 

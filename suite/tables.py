@@ -89,7 +89,7 @@ def table_models(df, ref, table: int, paper_dataset: str, methods: list[str]) ->
     rows = [{"model": r["model"] + (f" ({r['variant']})" if r["variant"] else ""), "published": _pub(r),
              "bfnbench": "", "data used": ""} for _, r in pub.iterrows()]
     for m in methods:
-        d = df[(df["metric"] == "nll") & (df["method"] == m)]
+        d = df[(df["metric"] == "nll") & (df["method"] == m) & df["dataset"].isin(PAPER_DATA[paper_dataset][1])]
         if d.empty:
             continue
         n = math.inf if (d["n_steps"] == math.inf).any() else float(d["n_steps"].max())

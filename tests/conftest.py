@@ -6,6 +6,10 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# The tests' networks and tensors are small: one intra-op thread is faster than two, and far steadier
+# when the two cores are shared (a second OpenMP thread mostly spins on a busy core).
+torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
     for item in items:

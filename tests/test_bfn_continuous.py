@@ -8,10 +8,8 @@ import torch
 from scipy import stats
 
 from suite.bfn.continuous import ContinuousBFN
-from suite.bfn.testing import TinyNet, single_thread
+from suite.bfn.testing import TinyNet
 from suite.data.base import DataSpec
-
-_one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 
 class NoiseOracle(torch.nn.Module):

@@ -6,10 +6,8 @@ import pytest
 import torch
 
 from suite.bfn.discrete import DiscreteBFN, factorised_receiver_kl, paper_receiver_kl
-from suite.bfn.testing import OraclePosterior, TinyNet, oracle_input, single_thread
+from suite.bfn.testing import OraclePosterior, TinyNet, oracle_input
 from suite.data.base import DataSpec
-
-_one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 P_DATA = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [1 / 3, 1 / 3, 1 / 3]])  # factorised, D = 3, K = 3
 

@@ -11,10 +11,8 @@ from scipy import stats
 from suite.bfn import dgauss
 from suite.bfn.discretised import DiscretisedBFN
 from suite.bfn.mixture import mixture_lse, mixture_lse_reference
-from suite.bfn.testing import TinyNet, single_thread
+from suite.bfn.testing import TinyNet
 from suite.data.base import DataSpec
-
-_one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 CASES = [(-0.3, 0.05), (0.97, 0.2), (-1.4, 0.5), (0.0, 10.0), (0.51, 1e-3), (2.5, 0.01)]
 

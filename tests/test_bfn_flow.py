@@ -9,10 +9,8 @@ from scipy import stats
 
 from suite.bfn.continuous import ContinuousBFN
 from suite.bfn.discrete import DiscreteBFN
-from suite.bfn.testing import TinyNet, single_thread
+from suite.bfn.testing import TinyNet
 from suite.data.base import DataSpec
-
-_one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 N = 20000  # chains per two-sample test
 P_MIN = 1e-3  # fixed seeds: a pass is deterministic; under the null a p-value below this has chance 1e-3

@@ -4,11 +4,8 @@ import pytest
 import torch
 
 from suite.bfn import ContinuousBFN, DiscreteBFN, DiscretisedBFN
-from suite.bfn.testing import single_thread
 from suite.data.base import DataSpec
 from suite.methods import build_method, method_names
-
-_one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 SPECS = {
     "swiss_roll": DataSpec("swiss_roll", "continuous", (2,)),

@@ -8,11 +8,9 @@ import torch
 from scipy import stats
 
 from suite.bfn import ContinuousBFN, DiscreteBFN, DiscretisedBFN
-from suite.bfn.testing import OraclePosterior, TinyNet, oracle_input, single_thread
+from suite.bfn.testing import OraclePosterior, TinyNet, oracle_input
 from suite.data.base import DataSpec
 from suite.data.toys import heartbeat, heartbeat_log_prob, swiss_roll
-
-_one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 
 def _models(final):

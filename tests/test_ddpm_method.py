@@ -13,15 +13,6 @@ from suite.data.base import DataSpec, bin_centres_from_index
 from suite.methods import build_method
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks gain nothing from threads, and on a loaded 2-core machine thread spinning costs ~20x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class TinyNet(nn.Module):
     """net(h, t): an MLP over the flattened example and (sin, cos) time features."""
 

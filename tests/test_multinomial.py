@@ -13,15 +13,6 @@ from suite.data.base import DataSpec
 from suite.methods import build_method
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: intra-op threads gain nothing, and on a shared 2-core machine two threads thrash."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def spec_of(K: int, shape=(6,)) -> DataSpec:
     return DataSpec("toy", "discrete", tuple(shape), K)
 

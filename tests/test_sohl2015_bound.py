@@ -20,14 +20,6 @@ CONT = DataSpec("toy2d", "continuous", (2,))
 BIN2 = DataSpec("bits2", "discrete", (2,), 2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one intra-op thread is many times faster than two on a shared 2-core machine (no thrashing)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class ConstNet(nn.Module):
     """Returns a constant c for every output: c = 0 makes the reverse kernel the forward kernel (code param)."""

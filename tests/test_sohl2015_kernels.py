@@ -29,14 +29,6 @@ from baselines.sohl2015.temporal import temporal_basis, temporal_readout
 N_MC = 400_000
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one intra-op thread is many times faster than two on a shared 2-core machine (no thrashing)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def mc_check(samples: torch.Tensor, exact: torch.Tensor, k: float = 5.0) -> None:
     """|mean - exact| <= k standard errors of the Monte-Carlo mean (samples along dim 0)."""

@@ -21,14 +21,6 @@ HEART_TRUE_BITS = math.log2(1 / 5)  # -2.322: the phase is the only randomness (
 HEART_PAPER_K = -2.414  # Table 1, T = 2000
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one intra-op thread is many times faster than two on a shared 2-core machine (no thrashing)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def swiss_roll(n: int, g: torch.Generator) -> torch.Tensor:
     """The 2-D swiss roll (t cos t, t sin t), t ~ U(1.5 pi, 4.5 pi), scaled by 1/7.5 to about unit variance."""

@@ -52,15 +52,3 @@ def oracle_input(z: torch.Tensor) -> torch.Tensor:
     """Hand the oracle ln theta = log_softmax(z) itself (replaces DiscreteBFN.net_input), so float32
     rounding of 2 theta - 1 does not blur tiny theta_k."""
     return torch.log_softmax(z, -1)
-
-
-def single_thread():
-    """A pytest fixture body: run a test module on one intra-op thread, then restore.
-
-    The tests' tensors are small; on a shared 2-core machine OpenMP's second thread mostly waits on a busy
-    core (seen here: 15x slower elementwise ops under load), so one thread is both faster and steadier.
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
