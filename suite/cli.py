@@ -284,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, ResultsError, FileNotFoundError, KeyError) as e:
+    except (ConfigError, DataError, CheckpointError, ResultsError, FileNotFoundError, KeyError, ValueError,
+            TypeError) as e:  # bad input: one clear line, no traceback (set BFNBENCH_DEBUG=1 for one)
+        if os.environ.get("BFNBENCH_DEBUG"):
+            raise
         print(f"bfnbench: error: {e}", file=sys.stderr)
         return 2
 
