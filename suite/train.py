@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import time
 from contextlib import nullcontext
@@ -220,14 +219,3 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
         dist.barrier()
     return run_dir
 
-
-def history_frame(run_dir: str | Path):
-    import pandas as pd
-
-    state = checkpoint.load_state(run_dir)
-    return pd.DataFrame(state["history"])
-
-
-def fmt_time(seconds: float) -> str:
-    m, s = divmod(int(math.ceil(seconds)), 60)
-    return f"{m}m{s:02d}s"

@@ -96,8 +96,6 @@ def test_text_bad_inputs(tmp_path):
         get_dataset("text_embedded", text_path=xz, seq_len=2).examples("train")
 
 
-@pytest.mark.skipif(not MNIST_ASSET.is_file(), reason=f"shipped asset {MNIST_ASSET} absent (build it with "
-                    "scripts/build_embedded_assets.py)")
 def test_real_mnist_asset():
     """The shipped 10,000 npm digits: 8000 / 1000 / 1000, every digit class in every split, real digit
     statistics (about 19% of pixels above 127, as in MNIST), stand-ins labelled."""
@@ -112,8 +110,6 @@ def test_real_mnist_asset():
     assert 0.1 < frac < 0.3
 
 
-@pytest.mark.skipif(not TEXT_ASSET.is_file(), reason=f"shipped asset {TEXT_ASSET} absent (build it with "
-                    "scripts/build_embedded_assets.py)")
 def test_real_text_asset():
     """The shipped Shakespeare: sizes from its JSON, its sha256 verified on load, English text (space the most
     common character, 'e' the most common letter)."""

@@ -48,7 +48,8 @@ def test_batch_contract(name):
     ds = get_dataset(name)
     spec = ds.spec
     if not ds.present():
-        pytest.skip(f"{name}: shipped asset absent")
+        assert "embedded" not in name, f"{name}: the shipped asset is missing from suite/data/assets"
+        pytest.skip(f"{name}: its files need a download or --data-dir")
     x = next(ds.batches("train", 16, seed=0))
     assert x.shape == (16, *spec.shape)
     if spec.kind == "continuous":
@@ -86,15 +87,15 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def test_show_draws_a_png(tmp_path, name):
     """show(): images -> a PNG grid, toys -> a scatter / line PNG, written where asked."""
     if not get_dataset(name).present():
-        pytest.skip(f"{name}: shipped asset absent")
+        assert "embedded" not in name, f"{name}: the shipped asset is missing from suite/data/assets"
+        pytest.skip(f"{name}: its files need a download or --data-dir")
     out = show_mod.show(name, tmp_path / "sub" / f"{name}.png", n=9, seed=1)
     assert out.read_bytes()[:8] == PNG
 
 
 def test_show_text_returns_samples():
     """show() on text returns decoded strings of seq_len characters from the alphabet."""
-    if not get_dataset("text_embedded").present():
-        pytest.skip("text asset absent")
+    assert get_dataset("text_embedded").present(), "the shipped text asset is missing from suite/data/assets"
     res = show_mod.show("text_embedded", None, n=3, seed=0)
     assert len(res) == 3 and all(len(s) == 256 and set(s) <= set(" abcdefghijklmnopqrstuvwxyz") for s in res)
 
