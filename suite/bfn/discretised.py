@@ -18,8 +18,8 @@ import torch
 
 from suite.bfn.base import build_net, paper_hparams
 from suite.bfn.continuous import GaussianFlowBFN
-from suite.bfn.dgauss import bin_mean, log_bin_prob, mode_bins, sample_bins
-from suite.bfn.mixture import mixture_lse
+from suite.bfn.dgauss import bin_mean, bin_probs, log_bin_prob, mode_bins, sample_bins
+from suite.bfn.mixture import mixture_lse, mixture_lse_fixed
 from suite.methods import register_method
 
 Tensor = torch.Tensor
@@ -87,13 +87,38 @@ class DiscretisedBFN(GaussianFlowBFN):
         if y_noise is None:
             y_noise = torch.randn(self.n_y_samples, *x.shape, device=x.device)
         y = x.float() + y_noise / alpha.sqrt()
-        S = y_noise.shape[0]
-        lam = mixture_lse(
-            mu_x.reshape(-1), sigma_x.reshape(-1), alpha.reshape(-1), y.reshape(S, -1), self.K, self.chunk_elems
-        )
+        lam = self._receiver_lse(mu_x, sigma_x, alpha, y, t < max(self.t_min, 1e-300))  # as in coefficients()
         # ln N(y | x, 1/alpha) - ln p_R(y) = -alpha (y - x)^2 / 2 - Lambda (the normalisers cancel)
-        kl = -0.5 * (y_noise**2).mean(0) - lam.reshape(mu_x.shape)
+        kl = -0.5 * (y_noise**2).mean(0) - lam
         return n * self.per_example(kl)
+
+    def _receiver_lse(self, mu_x: Tensor, sigma_x: Tensor, alpha: Tensor, y: Tensor, prior: Tensor) -> Tensor:
+        """mixture_lse per element, shaped like mu_x. Examples at t < t_min (`prior`) have the constant output
+        distribution (0, 1): no gradient flows there, so their rows skip the fused gradient pass."""
+        B, S = mu_x.shape[0], y.shape[0]
+
+        def lse(idx, grad):
+            if grad:
+                args = (mu_x[idx].reshape(-1), sigma_x[idx].reshape(-1), alpha[idx].reshape(-1))
+                out = mixture_lse(*args, y[:, idx].reshape(S, -1), self.K, self.chunk_elems)
+            else:  # p_O = the prior's discretised N(0, 1) everywhere
+                out = mixture_lse_fixed(self._prior_logp(), alpha[idx].reshape(-1), y[:, idx].reshape(S, -1))
+            return out.reshape(-1, *mu_x.shape[1:])
+
+        if not prior.any():
+            return lse(slice(None), True)
+        if prior.all():
+            return lse(slice(None), False)
+        rows_p, rows_n = prior.nonzero().squeeze(1), (~prior).nonzero().squeeze(1)
+        out = mu_x.new_zeros(B, *mu_x.shape[1:])
+        return out.index_copy(0, rows_n, lse(rows_n, True)).index_copy(0, rows_p, lse(rows_p, False))
+
+    def _prior_logp(self) -> Tensor:
+        """ln p_O(k) of the output distribution at t < t_min, (mu_x, sigma_x) = (0, 1), in float64."""
+        if getattr(self, "_prior_logp_cache", None) is None:
+            z = torch.zeros(1, dtype=torch.float64)
+            self._prior_logp_cache = bin_probs(z, z + 1.0, self.K)[0].log()
+        return self._prior_logp_cache
 
     def recon(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
         """-ln p_O(x | theta; 1), exact in the tails (log-space bin mass)."""

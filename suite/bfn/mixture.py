@@ -1,4 +1,4 @@
-"""The discretised receiver's log-density, fused (MATH.md s.4).
+"""The discretised receiver's log-density, fused and windowed (MATH.md s.4).
 
 For each element (a pixel of one example) with output distribution p_O = discretised N(mu, sigma^2)
 over K bins and sender accuracy alpha, the receiver is the 1-D mixture
@@ -13,9 +13,22 @@ i.e. ln p_R(y_s) up to the Gaussian normaliser ln sqrt(alpha / 2 pi), which canc
 n-step loss. Bin probabilities below P_MIN = 1e-30 are raised to P_MIN (they underflow float32 anyway): the
 receiver's mass exceeds 1 by < K * P_MIN, a negligible slack in the bound, and those bins get no gradient.
 
-It works through the elements in chunks, so the (S x B x D x K) tensor of the obvious implementation never
-exists, and it computes d Lambda / d(mu, sigma) in the same pass (closed form,
-summation by parts over the bin edges), so backward stores two numbers per element, not K.
+Three things make it cheap:
+
+- Fused: d Lambda / d(mu, sigma) is computed in the same pass (closed form, summation by parts over the
+  bin edges), so backward stores two numbers per element, not K, and the (S x N x K) tensor of the obvious
+  implementation never exists (rows are processed in cache-sized chunks).
+- Windowed: the terms p_O(k) N(y | k_c, 1/alpha) are, as a function of k, close to a Gaussian centred
+  between mu and y with standard deviation s = (sigma^-2 + alpha)^-1/2, so late in the flow (large alpha)
+  or for a confident network (small sigma) only a few bins matter. Each element gets a window of bins
+  around that centre, C s wide on each side (C = 7 in float32), rounded up to one of a few widths; rows
+  of one width are processed together.
+- Exact: after the window's sum is formed, a rigorous bound on everything left out (the value and both
+  gradients) is computed in O(1) per element from the window's edge terms: the outside mass of p_O, the
+  largest kernel value outside, a geometric bound on the kernel's tail sum and bounds on the density and
+  its derivatives there. Any element whose omitted part could exceed TOL (float32: 1e-7, float64: 1e-13)
+  of its window's sum is recomputed over all K bins. The result equals the full sum to within that
+  tolerance, below float32's own rounding of the sum; the tests compare it with the definition in float64.
 """
 
 from __future__ import annotations
@@ -24,106 +37,307 @@ import math
 
 import torch
 
-from suite.bfn.dgauss import centres, edges
-
 Tensor = torch.Tensor
-_SQRT1_2 = 1.0 / math.sqrt(2.0)
+_SQRT2 = math.sqrt(2.0)
+_SQRT1_2 = 1.0 / _SQRT2
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 P_MIN = 1e-30
 _ZERO = torch.zeros(())
 _LIMITS = {torch.float32: (9.0, -87.0), torch.float64: (26.0, -700.0)}  # (max |w|, min exponent)
+TOL = {torch.float32: 1e-7, torch.float64: 1e-13}  # omitted part / window sum that forces the full sum
+WINDOW_C = {torch.float32: 7.0, torch.float64: 9.0}  # half-width of a window in product std devs
+MIN_WINDOWED_K = 64
+ANALYTIC, WINDOW, FULL = 0, 1, 2  # how an element's sum was computed (receiver_paths)  # below this, every element takes all K bins
+# max over z of |z| phi(z) and of |1 - z^2| phi(z): bounds on sigma |dp_k / dmu|, sigma |dp_k / dsigma| per bin
+_DPHI_MAX = 0.2420 + 0.3990
 
 
-def _row_constants(mu, sigma, alpha, y, K):
-    """Per-element scalars, computed once for all rows (not per chunk): see _chunk_stats."""
+def window_widths(K: int) -> list[int]:
+    """Window widths tried, ascending: 8, 12, 16, 24, 32, 48, ... below K, then K itself."""
+    if K < MIN_WINDOWED_K:
+        return [K]
+    out, w = [], 8
+    while w < K:
+        out += [v for v in (w, w + w // 2) if v < K]
+        w *= 2
+    return out + [K]
+
+
+class _Elements:
+    """Per-element scalars of the whole batch (computed once), gathered per group of rows."""
+
+    def __init__(self, mu, sigma, alpha, y, K):
+        self.K, self.h = K, 2.0 / K
+        self.mu, self.y = mu, y
+        self.inv = _SQRT1_2 / sigma  # 1 / (sigma sqrt 2)
+        self.root = torch.sqrt(0.5 * alpha)  # sqrt(alpha / 2)
+        self.alpha = alpha
+        self.ks = torch.clamp(torch.floor((mu + 1.0) / self.h), 0, K - 1).long()  # the bin holding mu
+        self.nk = torch.clamp(torch.round((y + 1.0) / self.h - 0.5), 0, K - 1).long()  # centre nearest y_s
+
+    def take(self, rows):
+        return (self.mu[rows], self.inv[rows], self.root[rows], self.alpha[rows], self.ks[rows],
+                self.y[:, rows], self.nk[:, rows])  # fmt: skip
+
+    def window_requests(self, rows, sigma, dtype):
+        """(width in bins, centre in bin coordinates) of the windows of `rows`: C s either side of the centre
+        of the product N(mu, sigma^2) N(y, 1/alpha), spanning all S samples."""
+        mu, alpha, y = self.mu[rows], self.alpha[rows], self.y[:, rows]
+        var_x, var_k = sigma[rows].square(), 1.0 / alpha
+        tot = var_x + var_k
+        s_bins = torch.sqrt(var_x * var_k / tot) / self.h
+        mstar = (mu * var_k + y * var_x) / tot  # (S, R)
+        pos_lo = (mstar.amin(0) + 1.0) / self.h - 0.5
+        pos_hi = (mstar.amax(0) + 1.0) / self.h - 0.5
+        half = WINDOW_C.get(dtype, WINDOW_C[torch.float32]) * s_bins + 1.0
+        lo, hi = (pos_lo - half).clamp(min=-0.5), (pos_hi + half).clamp(max=self.K - 0.5)
+        width = torch.nan_to_num(hi - lo + 1.0, nan=float(self.K), posinf=float(self.K)).clamp(1, self.K)
+        return width, 0.5 * (lo + hi)
+
+
+def _analytic(mu, sigma, alpha, y, K, tol):
+    """The mixture in closed form by Poisson summation, with a rigorous bound on what that leaves out.
+
+    With P(u) = Phi((u + h/2 - mu) / sigma) - Phi((u - h/2 - mu) / sigma) (so p_k = P(k_c) for interior
+    bins) and N(u) = exp(-alpha (u - y)^2 / 2), the sum over the infinite grid of centres is
+        sum_k P(k_c) N(k_c) = (1/h) int P N du + aliasing = sqrt(2 pi / alpha) / h * M + aliasing,
+        M = Phi((h/2 - Delta) / s_tot) - Phi((-h/2 - Delta) / s_tot),  Delta = y - mu,  s_tot^2 = sigma^2 + 1/alpha
+    (the integral is P(|U - V| <= h/2) for U ~ N(y, 1/alpha), V ~ N(mu, sigma^2)). The Fourier transform of
+    P N is bounded by h (sigma_k / s_tot) exp(-2 pi^2 s^2 xi^2), s^2 = sigma^2 / (1 + alpha sigma^2), so the
+    aliasing is at most 2 (sigma_k / s_tot) q / (1 - q) with q = exp(-2 pi^2 s^2 / h^2), and its derivatives
+    (times sigma) carry the extra factors 2 pi sigma m / h + 1 and (2 pi sigma m / h)^2 + 1 at frequency m/h.
+    The two end bins take p_O's tails instead of P at their centres; what that changes is bounded by p_O's
+    mass beyond the end times the largest kernel value there (and by phi and z phi there for the gradients).
+    Rows whose bounds stay below `tol` of the main term, for every sample, take this path: O(1) per element,
+    in float64 (M is a difference of nearby CDF values). Returns (ok, Lambda, dLambda/dmu, dLambda/dsigma).
+    """
+    f64 = torch.float64
+    mu, sigma, alpha, y = mu.to(f64), sigma.to(f64), alpha.to(f64), y.to(f64)
     h = 2.0 / K
-    inv = _SQRT1_2 / sigma
-    ks = torch.clamp(torch.floor((mu + 1.0) / h), 0, K - 1).long()  # the bin holding mu
-    root = torch.sqrt(0.5 * alpha)
-    near = (2 * torch.clamp(torch.round((y + 1.0) * K / 2 - 0.5), 0, K - 1) + 1) / K - 1  # centre nearest y
-    m = ((near - y) * root).square_()  # -max_k of the kernel exponent -alpha (y - k_c)^2 / 2
-    return inv, -mu * inv, ks, root, -y * root, m
+    var_k = 1.0 / alpha
+    var_t = sigma * sigma + var_k
+    s_tot = torch.sqrt(var_t)
+    q = torch.exp(-2.0 * math.pi**2 * (sigma * sigma * var_k / var_t) / h**2)
+    A = 2.0 * math.pi * sigma / h
+    r = 1.0 / (1.0 - q)
+    alias = 2.0 * torch.sqrt(var_k / var_t) * q * r * (1.0 + (A + 1.0) * r + (A * A + 1.0) * (1.0 + q) * r * r)
+    delta = y - mu  # (S, N)
+    a, b = (-0.5 * h - delta) / s_tot, (0.5 * h - delta) / s_tot
+    upper = (a + b) > 0  # the bin lies above the mode of U - V: difference of upper tails, no cancellation
+    M = torch.where(
+        upper,
+        0.5 * (torch.erfc(a * _SQRT1_2) - torch.erfc(b * _SQRT1_2)),
+        0.5 * (torch.erfc(-b * _SQRT1_2) - torch.erfc(-a * _SQRT1_2)),
+    )
+    const = torch.log(torch.sqrt(2.0 * math.pi * var_k) / h)
+    main = torch.exp(const) * M
+    ends = K * P_MIN * 1e3  # bins floored at P_MIN: their mass and (reference) zero gradients
+    for side in (-1, 1):
+        z = (side - mu) / sigma  # the outer edge -1 or +1, standardised
+        tail = (z * side) >= 0  # beyond that edge lies a Gaussian tail of p_O
+        half_T = 0.5 * torch.erfc(z.abs() * _SQRT1_2)
+        mass = torch.where(tail, half_T, 1.0 - half_T)
+        phi = torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
+        phi_max = torch.where(tail, phi, _INV_SQRT_2PI)
+        zphi_max = torch.where(tail & (z.abs() >= 1.0), z.abs() * phi, 0.2420)
+        dist = ((side * (1.0 - 0.5 * h) - y) * -side).clamp(min=0.0)  # y to the end bin's centre, outward
+        n_sup = torch.exp(-0.5 * alpha * dist * dist)  # the largest kernel value beyond it
+        ends = ends + n_sup * (mass + 2.0 * phi_max + 3.0 * zphi_max)
+    ok = ((alias + ends) <= tol * main).all(0) & (q < 0.5)
+    lam = (const + M.log()).mean(0)
+    phi_a, phi_b = torch.exp(-0.5 * a * a) * _INV_SQRT_2PI, torch.exp(-0.5 * b * b) * _INV_SQRT_2PI
+    g_mu = ((phi_b - phi_a) / (s_tot * M)).mean(0)
+    g_sigma = (-(b * phi_b - a * phi_a) / M).mean(0) * (sigma / var_t)
+    return ok, lam, g_mu, g_sigma
 
 
-def _chunk_stats(rows, consts, c, e, need_grad, buf, w_max, exp_min):
-    """Lambda (and its gradients) for the elements `rows` (a slice): consts from _row_constants.
+def _omitted_bound(e, rows, start, Wb, ssum, tol):
+    """True for the rows whose bins outside their window could add more than `tol` of the window's sum to
+    p_R or (times sigma) to its gradients, for any sender sample: those are recomputed over all K bins.
 
-    A short run of mostly in-place passes over preallocated (R, K) buffers `buf` (reused for every chunk:
+    Per row, O(1): for the bins below the window (and likewise above) with n_near the largest kernel value
+    among them and n_sum <= n_near / (1 - exp(-alpha h d)) their sum (d >= 0 the distance from y to the
+    nearest of them; the exponents fall at least linearly, in steps of alpha h d), p_O's mass beyond the
+    window's edge P (a Gaussian tail), and per interior bin p_k <= h max density, sigma |dp_k / dmu| +
+    sigma |dp_k / dsigma| <= h / sigma max (|phi'| + |(z phi)'|) beyond the edge:
+        value <= P n_end + (min(P, h max density) + P_MIN) n_sum + P_MIN n_end
+        grad  <= (1 + |z|) phi(z) n_end + h / sigma (|z| + z^2) phi(z) n_sum     (z the edge, |z| >= 2)
+    where n_end is the kernel at the outermost bin (which takes a tail of p_O) and the bounds on phi and its
+    derivatives fall back to their global maxima when the edge is within 2 sigma of mu or on mu's far side.
+    `ssum` (S, R) is 2 p_R / N_max over the window, N_max the largest kernel value in it.
+    """
+    mu, inv, root, alpha, _, y, nk = e.take(rows)
+    K, h, dt = e.K, e.h, mu.dtype
+    m = (((2 * torch.clamp(nk, start, start + Wb - 1) + 1).to(dt) / K - 1.0 - y) * root).square()
+    h_over_sigma = h * _SQRT2 * inv
+    total = torch.zeros_like(ssum)
+    for side, count in ((-1, start), (1, K - start - Wb)):
+        edge = (start if side < 0 else start + Wb).to(dt) * h - 1.0
+        w_edge = (edge - mu) * inv  # (edge - mu) / (sigma sqrt 2)
+        tail_side = (w_edge * side) >= 0  # the edge lies on the far side of mu: a Gaussian tail beyond it
+        half_T = 0.5 * torch.erfc(w_edge.abs())
+        mass = torch.where(tail_side, half_T, 1.0 - half_T)
+        z = _SQRT2 * w_edge.abs()
+        phi = torch.exp(-(w_edge * w_edge)) * _INV_SQRT_2PI
+        dens = h_over_sigma * torch.where(tail_side, phi, _INV_SQRT_2PI)
+        d_int = h_over_sigma * torch.where(tail_side & (z >= 2.0), (z + z * z) * phi, _DPHI_MAX)
+        d_end = torch.where(tail_side & (z >= 1.0), (1.0 + z) * phi, _DPHI_MAX)
+        k_near = torch.minimum(nk, count - 1) if side < 0 else torch.maximum(nk, K - count)  # (S, R)
+        n_near = torch.exp(m - (((2 * k_near + 1).to(dt) / K - 1.0 - y) * root).square())
+        n_end = torch.exp(m - ((side * (1.0 - h / 2) - y) * root).square())
+        c_first = (2 * (start - 1 if side < 0 else start + Wb) + 1).to(dt) / K - 1.0  # nearest centre beyond
+        d = ((y - c_first) * -side).clamp(min=0.0)
+        ratio = torch.where(d > 0, 1.0 / (-torch.expm1(-alpha * h * d)).clamp(min=1e-30), float("inf"))
+        n_sum = n_near * torch.minimum(ratio, count.to(dt))
+        value = mass * n_end + (torch.minimum(mass, dens) + P_MIN) * n_sum + P_MIN * n_end
+        grad = d_end * n_end + d_int * n_sum
+        total += torch.where(count > 0, value + grad, 0.0)
+    return (~(total <= tol * 0.5 * ssum)).any(0)  # NaN or inf counts as too much
+
+
+def _window_stats(e, rows, start, Wb, need_grad, buf, consts):
+    """Lambda (and its gradients) for `rows` over the bins start .. start + Wb - 1, and the window sums
+    2 p_R / N_max (S, R) for the bound on what it leaves out.
+
+    A short run of mostly in-place passes over preallocated buffers `buf` (flat, reused for every chunk:
     writing into fresh allocations costs page faults that would outweigh the arithmetic); factors constant
     per row (1/2, 1/sqrt(2 pi), 1/p_R for one sample) are folded into per-row scalars at the end.
     """
-    inv, mu_inv, ks, root, y_root, m = (v[..., rows] for v in consts)
-    S, R, K = m.shape[0], m.shape[1], c.shape[0]
-    w, aw, T2, p2, p2c, d, v = (b[:R] for b in buf[:7])
-    # w_j = (e_j - mu) / (sigma sqrt 2): erfc(|w|) = 2 Phi(-|z_j|) is an edge's tail mass, no cancellation.
-    # Clamping |w| (float32: 9) and exponents (float32: -87) keeps erfc and exp out of the denormal range
-    # (~100x slower on x86); the floors (erfc(9) = 4e-37, e^-81 = 7e-36, e^-87 = 2e-38) only touch bins
-    # far below P_MIN, which are floored anyway, and terms < 1e-7 of the smallest possible sum.
-    torch.addcmul(mu_inv[:, None], e, inv[:, None], out=w)
+    jj, w_max, exp_min = consts
+    mu, inv, root, _, ks, y, nk = e.take(rows)
+    K, h = e.K, e.h
+    S, R = y.shape
+    dt = mu.dtype
+
+    def view(i, cols):
+        return buf[i][: R * cols].view(R, cols)
+
+    w, aw, T, p2, p2c, v = view(0, Wb + 1), view(1, Wb + 1), view(2, Wb + 1), view(3, Wb), view(4, Wb), view(5, Wb)
+    startf = start.to(dt)
+    # w_j = (e_j - mu) / (sigma sqrt 2) at the window's edges e_j = -1 + (start + j) h, j = 0..Wb:
+    # erfc(|w|) = 2 Phi(-|z_j|) is an edge's tail mass, no cancellation. Clamping |w| (float32: 9) and
+    # exponents (float32: -87) keeps erfc and exp out of the denormal range (~100x slower on x86); the floors
+    # (erfc(9) = 4e-37, e^-81 = 7e-36, e^-87 = 2e-38) only touch bins far below P_MIN, which are floored
+    # anyway, and terms < 1e-7 of the smallest possible sum.
+    torch.addcmul(((startf * h - 1.0 - mu) * inv)[:, None], jj[: Wb + 1], (h * inv)[:, None], out=w)
     torch.abs(w, out=aw).clamp_(max=w_max)
-    T2[:, 0], T2[:, K] = 0.0, 0.0  # the two open ends (mass 0)
-    torch.erfc(aw, out=T2[:, 1:K])
-    # bins entirely below or above the mean: |T_hi - T_lo|; the bin holding it: 1 - T_lo - T_hi
-    torch.sub(T2[:, 1:], T2[:, :-1], out=p2).abs_()  # 2 p_k
-    ks = ks[:, None]
-    p2.scatter_(1, ks, 2.0 - T2.gather(1, ks) - T2.gather(1, ks + 1))
-    # p < P_MIN is raised to P_MIN (the receiver gains < K * P_MIN of mass; such bins underflow float32
-    # anyway); they are constants then, so they get no gradient: p2 keeps 0 there
+    torch.erfc(aw, out=T)
+    first_open, last_open = start == 0, start + Wb == K  # the window reaches an end: that edge is -/+ inf
+    T[:, 0].masked_fill_(first_open, 0.0)
+    T[:, Wb].masked_fill_(last_open, 0.0)
+    # bins entirely below or above the mean: |T_hi - T_lo|; the bin holding it: 2 - T_lo - T_hi
+    torch.sub(T[:, 1:], T[:, :-1], out=p2).abs_()  # 2 p_k
+    k_in = ks - start
+    idx = k_in.clamp(0, Wb - 1)[:, None]
+    inside = ((k_in >= 0) & (k_in < Wb))[:, None]
+    p2.scatter_(1, idx, torch.where(inside, 2.0 - T.gather(1, idx) - T.gather(1, idx + 1), p2.gather(1, idx)))
+    # p < P_MIN is raised to P_MIN; such bins are constants then and get no gradient (p2 keeps 0 there)
     torch.clamp(p2, min=2.0 * P_MIN, out=p2c)
-    # sum_k p_k N_k is taken relative to the largest kernel value, exp(-alpha (y - k_c)^2 / 2) at the centre
-    # nearest y: that term alone is >= P_MIN, so the sum never underflows, and no ln p_k is needed
-    lam = torch.zeros(R, dtype=w.dtype, device=w.device)
-    Racc, inv_ssum = None, None
+    # sum_k p_k N_k is taken relative to the largest kernel value in the window, at the centre nearest y:
+    # that term alone is >= P_MIN, so the sum never underflows, and no ln p_k is needed
+    m = (((2 * torch.clamp(nk, start, start + Wb - 1) + 1).to(dt) / K - 1.0 - y) * root).square()  # (S, R)
+    y_off = ((startf + 0.5) * h - 1.0 - y) * root  # (S, R): (c_start - y) sqrt(alpha / 2)
+    ssums = torch.empty(S, R, dtype=dt, device=mu.device)
+    d = view(6, Wb)
+    Racc = None
     for s_idx in range(S):
-        torch.addcmul(y_root[s_idx, :, None], c, root[:, None], out=d)  # (k_c - y) sqrt(alpha / 2)
+        torch.addcmul(y_off[s_idx, :, None], jj[:Wb], (h * root)[:, None], out=d)  # (k_c - y) sqrt(alpha / 2)
         torch.addcmul(m[s_idx, :, None], d, d, value=-1.0, out=v).clamp_(min=exp_min).exp_()  # N_k / N_max
-        ssum = torch.mul(p2c, v, out=d).sum(1)  # 2 p_R(y) / N_max
-        lam += ssum.log() - m[s_idx]
-        if need_grad:  # N_k / p_R, summed over samples
-            if S == 1:
-                Racc, inv_ssum = v, 1.0 / ssum  # normalised at the end, per row
-            elif s_idx == 0:
-                Racc = torch.mul(v, (1.0 / ssum)[:, None], out=buf[7][:R])
+        ssum = torch.sum(torch.mul(p2c, v, out=d), 1, out=ssums[s_idx])  # 2 p_R(y) / N_max over the window
+        if need_grad and S > 1:  # N_k / p_R, summed over samples
+            if s_idx == 0:
+                Racc = torch.mul(v, (1.0 / ssum)[:, None], out=view(7, Wb))
             else:
                 Racc.addcmul_(v, (1.0 / ssum)[:, None])
-    lam = lam / S - math.log(2.0)
+    lam = (ssums.log() - m).mean(0) - math.log(2.0)
     if not need_grad:
-        return lam, None, None
-    # d ln p_R / d p_k = N_k / p_R; with dp_k/dmu = -(phi(z_k) - phi(z_{k-1}))/sigma, summation by parts:
-    # d/dmu = -(1/sigma) sum_j phi(z_j) (W_j - W_{j+1}),  d/dsigma = -(1/sigma) sum_j z_j phi(z_j) (...)
+        return lam, None, None, ssums
+    # d ln p_R / d p_k = N_k / p_R; with dp_k/dmu = -(phi(z_k+1) - phi(z_k))/sigma, summation by parts over
+    # the edges j (N_k / p_R := 0 outside the window): d/dmu = -(1/sigma) sum_j phi(z_j) (W_j-1 - W_j),
+    # d/dsigma = -(1/sigma) sum_j z_j phi(z_j) (W_j-1 - W_j)
     torch.nn.functional.threshold_(p2, 2.0 * P_MIN, 0.0)
-    W = Racc.mul_(p2).div_(p2c)  # N_k / (2 p_R) up to a per-row scale; 0 where floored (cheaper than a select)
-    dW = d.view(-1)[: R * (K - 1)].view(R, K - 1)
+    W = (v if S == 1 else Racc).mul_(p2).div_(p2c)  # N_k / (2 p_R) up to a per-row scale; 0 where floored
+    dW = view(6, Wb + 1)
+    torch.sub(W[:, :-1], W[:, 1:], out=dW[:, 1:Wb])
+    dW[:, 0], dW[:, Wb] = -W[:, 0], W[:, Wb - 1]
     phi = torch.addcmul(_ZERO.to(aw), aw, aw, value=-1.0, out=aw).exp_()  # sqrt(2 pi) phi(z_j)
-    torch.sub(W[:, :-1], W[:, 1:], out=dW).mul_(phi)
-    scale = (-2.0 * _INV_SQRT_2PI * math.sqrt(2.0) / S) * inv  # -2 / (sqrt(2 pi) S sigma)
-    if inv_ssum is not None:
-        scale = scale * inv_ssum
+    phi[:, 0].masked_fill_(first_open, 0.0)
+    phi[:, Wb].masked_fill_(last_open, 0.0)
+    dW.mul_(phi)
+    scale = (-2.0 * _INV_SQRT_2PI * _SQRT2 / S) * inv  # -2 / (sqrt(2 pi) S sigma)
+    if S == 1:
+        scale = scale / ssums[0]
     g_mu = dW.sum(1) * scale
-    g_sigma = dW.mul_(w).sum(1) * (scale * math.sqrt(2.0))
-    return lam, g_mu, g_sigma
+    g_sigma = dW.mul_(w).sum(1) * (scale * _SQRT2)
+    return lam, g_mu, g_sigma, ssums
+
+
+def _forward(mu, sigma, alpha, y, K, chunk_elems, need_grad):
+    N, S, dt, dev = mu.shape[0], y.shape[0], mu.dtype, mu.device
+    w_max, exp_min = _LIMITS.get(dt, _LIMITS[torch.float32])
+    consts = (torch.arange(K + 1, device=dev, dtype=dt), w_max, exp_min)
+    tol = TOL.get(dt, TOL[torch.float32])
+    e = _Elements(mu, sigma, alpha, y, K)
+    lam = torch.empty_like(mu)
+    g_mu = torch.empty_like(mu) if need_grad else None
+    g_sigma = torch.empty_like(mu) if need_grad else None
+    widths = window_widths(K)
+    size = max(min(chunk_elems, N * (K + 1)), K + 1)
+    buf = [torch.empty(size, device=dev, dtype=dt) for _ in range(8 if S > 1 and need_grad else 7)]
+
+    def run(rows, start, Wb):
+        per = max(1, size // (Wb + 1))
+        ssums = []
+        for i in range(0, rows.shape[0], per):
+            r = rows[i : i + per]
+            out = _window_stats(e, r, start[i : i + per], Wb, need_grad, buf, consts)
+            lam[r] = out[0]
+            if need_grad:
+                g_mu[r], g_sigma[r] = out[1], out[2]
+            ssums.append(out[3])
+        return torch.cat(ssums, 1)
+
+    path = torch.full((N,), FULL, dtype=torch.int8, device=dev)
+    ok, lam_a, gmu_a, gsig_a = _analytic(mu, sigma, alpha, y, K, tol)
+    rows_a = ok.nonzero().squeeze(1)
+    lam[rows_a] = lam_a[rows_a].to(dt)
+    if need_grad:
+        g_mu[rows_a], g_sigma[rows_a] = gmu_a[rows_a].to(dt), gsig_a[rows_a].to(dt)
+    path[rows_a] = ANALYTIC
+    full = (~ok).nonzero().squeeze(1)
+    if len(widths) > 1 and full.numel():
+        rest = full
+        want, centre = e.window_requests(rest, sigma, dt)
+        group = torch.bucketize(want, torch.tensor(widths, device=dev, dtype=dt))  # smallest width >= want
+        order = torch.argsort(group)
+        counts = torch.bincount(group, minlength=len(widths)).tolist()
+        n_win = rest.numel() - counts[-1]
+        full = rest[order[n_win:]]
+        if n_win:
+            rows_w = rest[order[:n_win]]
+            width = torch.tensor(widths, device=dev)[group[order[:n_win]]]
+            start = torch.clamp(torch.round(centre[order[:n_win]] - 0.5 * (width - 1)), min=0).long()
+            start = torch.minimum(start, K - width)
+            ssums, at = [], 0
+            for g, n in enumerate(counts[:-1]):
+                if n:
+                    ssums.append(run(rows_w[at : at + n], start[at : at + n], widths[g]))
+                    at += n
+            bad = _omitted_bound(e, rows_w, start, width, torch.cat(ssums, 1), tol)
+            path[rows_w] = WINDOW
+            full = torch.cat([full, rows_w[bad]])
+    if full.numel():
+        run(full, torch.zeros_like(full), K)
+        path[full] = FULL
+    return lam, g_mu, g_sigma, path
 
 
 class _MixtureLSE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, mu, sigma, alpha, y, K, chunk):
+    def forward(ctx, mu, sigma, alpha, y, K, chunk_elems):
         need = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         with torch.autocast(mu.device.type, enabled=False):
-            c, e = centres(K, mu.device, mu.dtype), edges(K, mu.device, mu.dtype)
-            w_max, exp_min = _LIMITS.get(mu.dtype, _LIMITS[torch.float32])
-            consts = _row_constants(mu, sigma, alpha, y, K)
-            chunk = min(chunk, mu.shape[0])
-            widths = (K - 1, K - 1, K + 1, K, K, K, K) + ((K,) if need and y.shape[0] > 1 else ())
-            buf = [torch.empty(chunk, wd, device=mu.device, dtype=mu.dtype) for wd in widths]
-            lam = torch.empty_like(mu)
-            g_mu = torch.empty_like(mu) if need else None
-            g_sigma = torch.empty_like(mu) if need else None
-            for i in range(0, mu.shape[0], chunk):
-                rows = slice(i, i + chunk)
-                out = _chunk_stats(rows, consts, c, e, need, buf, w_max, exp_min)
-                lam[rows] = out[0]
-                if need:
-                    g_mu[rows], g_sigma[rows] = out[1], out[2]
+            lam, g_mu, g_sigma, _ = _forward(mu, sigma, alpha, y, K, chunk_elems, need)
         ctx.save_for_backward(g_mu, g_sigma)
         return lam
 
@@ -136,18 +350,45 @@ class _MixtureLSE(torch.autograd.Function):
 def mixture_lse(mu: Tensor, sigma: Tensor, alpha: Tensor, y: Tensor, K: int, chunk_elems: int = 1 << 18) -> Tensor:
     """Mean over samples of LSE_k(ln p_O(k) - alpha (y_s - k_c)^2 / 2), per element.
 
-    mu, sigma, alpha: (N,) float32; y: (S, N) sender samples. Differentiable in mu and sigma.
-    `chunk_elems` bounds the temporaries (rows x K); the default keeps them within the L2/L3 cache.
+    mu, sigma, alpha: (N,) float32 or float64; y: (S, N) sender samples. Differentiable in mu and sigma.
+    `chunk_elems` bounds the temporaries (rows x bins); the default keeps them within the L2/L3 cache.
     """
     if y.dim() != 2 or y.shape[1] != mu.shape[0]:
         raise ValueError(f"y must be shaped (S, N) = (S, {mu.shape[0]}), got {tuple(y.shape)}")
-    chunk = max(1, chunk_elems // K)
-    return _MixtureLSE.apply(mu, sigma, alpha.to(mu.dtype), y.to(mu.dtype), K, chunk)
+    return _MixtureLSE.apply(mu, sigma, alpha.to(mu.dtype), y.to(mu.dtype), K, max(int(chunk_elems), 1))
+
+
+def mixture_lse_fixed(logp: Tensor, alpha: Tensor, y: Tensor, chunk_elems: int = 1 << 18) -> Tensor:
+    """The same quantity for one fixed output distribution shared by all elements (e.g. the prior at t = 0,
+    which has no parameters to differentiate): ln p_k (K,) is given, floored at ln P_MIN like mixture_lse,
+    so each bin costs one exp. alpha: (N,), y: (S, N); no gradient."""
+    K = logp.shape[0]
+    if y.dim() != 2 or y.shape[1] != alpha.shape[0]:
+        raise ValueError(f"y must be shaped (S, N) = (S, {alpha.shape[0]}), got {tuple(y.shape)}")
+    with torch.no_grad():
+        dt = y.dtype if y.dtype in (torch.float32, torch.float64) else torch.float32
+        logp = logp.to(device=y.device, dtype=dt).clamp(min=math.log(P_MIN))
+        c = (2 * torch.arange(K, device=y.device, dtype=dt) + 1) / K - 1.0
+        root = torch.sqrt(0.5 * alpha.to(dt))
+        out = torch.zeros(y.shape[1], dtype=dt, device=y.device)
+        per = max(1, chunk_elems // K)
+        for i in range(0, y.shape[1], per):
+            rows = slice(i, i + per)
+            for s in range(y.shape[0]):
+                d = (c[None, :] - y[s, rows, None].to(dt)) * root[rows, None]  # (k_c - y) sqrt(alpha / 2)
+                out[rows] += torch.logsumexp(torch.addcmul(logp, d, d, value=-1.0), 1)
+        return out / y.shape[0]
+
+
+def receiver_paths(mu: Tensor, sigma: Tensor, alpha: Tensor, y: Tensor, K: int) -> Tensor:
+    """Per element, how mixture_lse computes it: ANALYTIC (0), WINDOW (1) or FULL (2); for tests and benchmarks."""
+    with torch.no_grad():
+        return _forward(mu, sigma, alpha.to(mu.dtype), y.to(mu.dtype), K, 1 << 18, False)[3]
 
 
 def mixture_lse_reference(mu: Tensor, sigma: Tensor, alpha: Tensor, y: Tensor, K: int) -> Tensor:
     """The same quantity by autograd over the full (S, N, K) tensor: the definition, for tests."""
-    from suite.bfn.dgauss import bin_probs
+    from suite.bfn.dgauss import bin_probs, centres
 
     lnp = bin_probs(mu, sigma, K).clamp(min=P_MIN).log()
     c = centres(K, mu.device, mu.dtype)
