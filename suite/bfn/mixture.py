@@ -13,27 +13,34 @@ i.e. ln p_R(y_s) up to the Gaussian normaliser ln sqrt(alpha / 2 pi), which canc
 n-step loss. Bin probabilities below P_MIN = 1e-30 are raised to P_MIN (they underflow float32 anyway): the
 receiver's mass exceeds 1 by < K * P_MIN, a negligible slack in the bound, and those bins get no gradient.
 
-Three things make it cheap:
+Three things make it cheap, none of them approximate:
 
+- Closed form where it is provably exact: by Poisson summation, the sum over the grid of bin centres
+  equals (1/h) times an integral, sqrt(2 pi / alpha) / h * [Phi((h/2 - Delta) / s_tot) - Phi((-h/2 - Delta)
+  / s_tot)] with Delta = y - mu and s_tot^2 = sigma^2 + 1/alpha, up to an aliasing term that falls like
+  exp(-2 pi^2 s^2 / h^2) (s^2 = sigma^2 / (1 + alpha sigma^2)) and an end term from the two end bins, which
+  take p_O's tails. Both are bounded rigorously (`_analytic`); elements where the bounds are below TOL of
+  the sum take this O(1) path.
+- Windowed: the terms p_O(k) N(y | k_c, 1/alpha) are, as a function of k, close to a Gaussian centred
+  between mu and y with standard deviation s, so late in the flow (large alpha) or for a confident network
+  (small sigma) only a few bins matter. Each element gets a window of bins around that centre, C s wide on
+  each side (C = 7 in float32), rounded up to one of a few widths; rows of one width are processed
+  together. A rigorous O(1) bound on everything the window leaves out (value and both gradients:
+  `_omitted_bound`) sends any element whose omitted part could exceed TOL of its window's sum to the full
+  sum over all K bins.
 - Fused: d Lambda / d(mu, sigma) is computed in the same pass (closed form, summation by parts over the
   bin edges), so backward stores two numbers per element, not K, and the (S x N x K) tensor of the obvious
   implementation never exists (rows are processed in cache-sized chunks).
-- Windowed: the terms p_O(k) N(y | k_c, 1/alpha) are, as a function of k, close to a Gaussian centred
-  between mu and y with standard deviation s = (sigma^-2 + alpha)^-1/2, so late in the flow (large alpha)
-  or for a confident network (small sigma) only a few bins matter. Each element gets a window of bins
-  around that centre, C s wide on each side (C = 7 in float32), rounded up to one of a few widths; rows
-  of one width are processed together.
-- Exact: after the window's sum is formed, a rigorous bound on everything left out (the value and both
-  gradients) is computed in O(1) per element from the window's edge terms: the outside mass of p_O, the
-  largest kernel value outside, a geometric bound on the kernel's tail sum and bounds on the density and
-  its derivatives there. Any element whose omitted part could exceed TOL (float32: 1e-7, float64: 1e-13)
-  of its window's sum is recomputed over all K bins. The result equals the full sum to within that
-  tolerance, below float32's own rounding of the sum; the tests compare it with the definition in float64.
+
+TOL is 1e-7 in float32 (below float32's own rounding of a sum of K terms) and 1e-13 in float64; the tests
+compare every path with the definition in float64, and show that each bound is what keeps its path exact
+(with the bounds switched off, the same inputs give wrong values).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -44,12 +51,13 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 P_MIN = 1e-30
 _ZERO = torch.zeros(())
 _LIMITS = {torch.float32: (9.0, -87.0), torch.float64: (26.0, -700.0)}  # (max |w|, min exponent)
-TOL = {torch.float32: 1e-7, torch.float64: 1e-13}  # omitted part / window sum that forces the full sum
+TOL = {torch.float32: 1e-7, torch.float64: 1e-13}  # omitted part / computed sum above which a path is refused
 WINDOW_C = {torch.float32: 7.0, torch.float64: 9.0}  # half-width of a window in product std devs
-MIN_WINDOWED_K = 64
-ANALYTIC, WINDOW, FULL = 0, 1, 2  # how an element's sum was computed (receiver_paths)  # below this, every element takes all K bins
+MIN_WINDOWED_K = 64  # below this, every element takes all K bins
+ANALYTIC_MIN_BINS = 32  # the closed form is tried for windows at least this wide (for all rows when K < 64)
+ANALYTIC, WINDOW, FULL = 0, 1, 2  # how an element's sum was computed (receiver_paths)
 # max over z of |z| phi(z) and of |1 - z^2| phi(z): bounds on sigma |dp_k / dmu|, sigma |dp_k / dsigma| per bin
-_DPHI_MAX = 0.2420 + 0.3990
+_ZPHI_MAX, _D2PHI_MAX = 0.2420, 0.3990
 
 
 def window_widths(K: int) -> list[int]:
@@ -63,36 +71,20 @@ def window_widths(K: int) -> list[int]:
     return out + [K]
 
 
-class _Elements:
-    """Per-element scalars of the whole batch (computed once), gathered per group of rows."""
-
-    def __init__(self, mu, sigma, alpha, y, K):
-        self.K, self.h = K, 2.0 / K
-        self.mu, self.y = mu, y
-        self.inv = _SQRT1_2 / sigma  # 1 / (sigma sqrt 2)
-        self.root = torch.sqrt(0.5 * alpha)  # sqrt(alpha / 2)
-        self.alpha = alpha
-        self.ks = torch.clamp(torch.floor((mu + 1.0) / self.h), 0, K - 1).long()  # the bin holding mu
-        self.nk = torch.clamp(torch.round((y + 1.0) / self.h - 0.5), 0, K - 1).long()  # centre nearest y_s
-
-    def take(self, rows):
-        return (self.mu[rows], self.inv[rows], self.root[rows], self.alpha[rows], self.ks[rows],
-                self.y[:, rows], self.nk[:, rows])  # fmt: skip
-
-    def window_requests(self, rows, sigma, dtype):
-        """(width in bins, centre in bin coordinates) of the windows of `rows`: C s either side of the centre
-        of the product N(mu, sigma^2) N(y, 1/alpha), spanning all S samples."""
-        mu, alpha, y = self.mu[rows], self.alpha[rows], self.y[:, rows]
-        var_x, var_k = sigma[rows].square(), 1.0 / alpha
-        tot = var_x + var_k
-        s_bins = torch.sqrt(var_x * var_k / tot) / self.h
-        mstar = (mu * var_k + y * var_x) / tot  # (S, R)
-        pos_lo = (mstar.amin(0) + 1.0) / self.h - 0.5
-        pos_hi = (mstar.amax(0) + 1.0) / self.h - 0.5
-        half = WINDOW_C.get(dtype, WINDOW_C[torch.float32]) * s_bins + 1.0
-        lo, hi = (pos_lo - half).clamp(min=-0.5), (pos_hi + half).clamp(max=self.K - 0.5)
-        width = torch.nan_to_num(hi - lo + 1.0, nan=float(self.K), posinf=float(self.K)).clamp(1, self.K)
-        return width, 0.5 * (lo + hi)
+def _window_requests(mu, sigma, alpha, y, K, dtype):
+    """(width in bins, centre in bin coordinates) of each element's window: C s either side of the centre
+    of the product N(mu, sigma^2) N(y, 1/alpha), spanning all S samples."""
+    h = 2.0 / K
+    var_x, var_k = sigma * sigma, 1.0 / alpha
+    tot = var_x + var_k
+    s_bins = torch.sqrt(var_x * var_k / tot) / h
+    mstar = (mu * var_k + y * var_x) / tot  # (S, N)
+    pos_lo = (mstar.amin(0) + 1.0) / h - 0.5
+    pos_hi = (mstar.amax(0) + 1.0) / h - 0.5
+    half = WINDOW_C.get(dtype, WINDOW_C[torch.float32]) * s_bins + 1.0
+    lo, hi = (pos_lo - half).clamp(min=-0.5), (pos_hi + half).clamp(max=K - 0.5)
+    width = torch.nan_to_num(hi - lo + 1.0, nan=float(K), posinf=float(K)).clamp(1, K)
+    return width, 0.5 * (lo + hi)
 
 
 def _analytic(mu, sigma, alpha, y, K, tol):
@@ -106,8 +98,9 @@ def _analytic(mu, sigma, alpha, y, K, tol):
     P N is bounded by h (sigma_k / s_tot) exp(-2 pi^2 s^2 xi^2), s^2 = sigma^2 / (1 + alpha sigma^2), so the
     aliasing is at most 2 (sigma_k / s_tot) q / (1 - q) with q = exp(-2 pi^2 s^2 / h^2), and its derivatives
     (times sigma) carry the extra factors 2 pi sigma m / h + 1 and (2 pi sigma m / h)^2 + 1 at frequency m/h.
-    The two end bins take p_O's tails instead of P at their centres; what that changes is bounded by p_O's
-    mass beyond the end times the largest kernel value there (and by phi and z phi there for the gradients).
+    The end bins take p_O's tails instead of P at their centres: the difference, sum over the grid points
+    beyond an end of P(k_c) (N(end centre) - N(k_c)), is bounded by p_O's mass beyond that end times the
+    largest kernel value there (and, for the gradients, by phi and z phi at the end's edge).
     Rows whose bounds stay below `tol` of the main term, for every sample, take this path: O(1) per element,
     in float64 (M is a difference of nearby CDF values). Returns (ok, Lambda, dLambda/dmu, dLambda/dsigma).
     """
@@ -139,9 +132,10 @@ def _analytic(mu, sigma, alpha, y, K, tol):
         mass = torch.where(tail, half_T, 1.0 - half_T)
         phi = torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
         phi_max = torch.where(tail, phi, _INV_SQRT_2PI)
-        zphi_max = torch.where(tail & (z.abs() >= 1.0), z.abs() * phi, 0.2420)
-        dist = ((side * (1.0 - 0.5 * h) - y) * -side).clamp(min=0.0)  # y to the end bin's centre, outward
-        n_sup = torch.exp(-0.5 * alpha * dist * dist)  # the largest kernel value beyond it
+        zphi_max = torch.where(tail & (z.abs() >= 1.0), z.abs() * phi, _ZPHI_MAX)
+        # the largest kernel value at or beyond the end bin's centre: 1 if y lies there, else at that centre
+        dist = ((y - side * (1.0 - 0.5 * h)) * -side).clamp(min=0.0)
+        n_sup = torch.exp(-0.5 * alpha * dist * dist)
         ends = ends + n_sup * (mass + 2.0 * phi_max + 3.0 * zphi_max)
     ok = ((alias + ends) <= tol * main).all(0) & (q < 0.5)
     lam = (const + M.log()).mean(0)
@@ -151,7 +145,51 @@ def _analytic(mu, sigma, alpha, y, K, tol):
     return ok, lam, g_mu, g_sigma
 
 
-def _omitted_bound(e, rows, start, Wb, ssum, tol):
+@dataclass
+class _Plan:
+    """Per-row constants of the rows summed over windows, in processing order (rows of one window width are
+    contiguous, so a chunk is a slice). Row r covers bins start[r] .. start[r] + width[r] - 1."""
+
+    rows: Tensor  # indices into the batch
+    start: Tensor
+    width: Tensor
+    mu: Tensor
+    inv: Tensor  # 1 / (sigma sqrt 2)
+    root: Tensor  # sqrt(alpha / 2)
+    alpha: Tensor
+    y: Tensor  # (S, R)
+    nk: Tensor  # (S, R): the bin whose centre is nearest y
+    m: Tensor  # (S, R): alpha (y - c)^2 / 2 at the window's centre nearest y (the window's largest kernel)
+    w0: Tensor  # (e_start - mu) / (sigma sqrt 2)
+    y_off: Tensor  # (S, R): (c_start - y) sqrt(alpha / 2)
+    k_in: Tensor  # (R, 1): the window's bin holding mu (clamped)
+    inside: Tensor  # (R, 1): mu's bin lies in the window
+    first_open: Tensor  # the window starts at bin 1: its lower edge is -inf
+    last_open: Tensor  # the window ends at bin K: its upper edge is +inf
+
+
+def _plan(mu, sigma, alpha, y, K, rows, start, width) -> _Plan:
+    h, dt = 2.0 / K, mu.dtype
+    mu, alpha, y = mu[rows], alpha[rows], y[:, rows]
+    inv = _SQRT1_2 / sigma[rows]
+    root = torch.sqrt(0.5 * alpha)
+    startf = start.to(dt)
+    nk = torch.clamp(torch.round((y + 1.0) / h - 0.5), 0, K - 1).long()
+    n_win = torch.minimum(torch.maximum(nk, start), start + width - 1)
+    k_in = torch.clamp(torch.floor((mu + 1.0) / h), 0, K - 1).long() - start
+    return _Plan(
+        rows=rows, start=start, width=width, mu=mu, inv=inv, root=root, alpha=alpha, y=y, nk=nk,
+        m=(((2 * n_win + 1).to(dt) / K - 1.0 - y) * root).square(),
+        w0=(startf * h - 1.0 - mu) * inv,
+        y_off=((startf + 0.5) * h - 1.0 - y) * root,
+        k_in=torch.minimum(k_in.clamp(min=0), width - 1)[:, None],
+        inside=((k_in >= 0) & (k_in < width))[:, None],
+        first_open=start == 0,
+        last_open=start + width == K,
+    )  # fmt: skip
+
+
+def _omitted_bound(p: _Plan, K, ssum, tol):
     """True for the rows whose bins outside their window could add more than `tol` of the window's sum to
     p_R or (times sigma) to its gradients, for any sender sample: those are recomputed over all K bins.
 
@@ -166,28 +204,26 @@ def _omitted_bound(e, rows, start, Wb, ssum, tol):
     derivatives fall back to their global maxima when the edge is within 2 sigma of mu or on mu's far side.
     `ssum` (S, R) is 2 p_R / N_max over the window, N_max the largest kernel value in it.
     """
-    mu, inv, root, alpha, _, y, nk = e.take(rows)
-    K, h, dt = e.K, e.h, mu.dtype
-    m = (((2 * torch.clamp(nk, start, start + Wb - 1) + 1).to(dt) / K - 1.0 - y) * root).square()
-    h_over_sigma = h * _SQRT2 * inv
+    h, dt = 2.0 / K, p.mu.dtype
+    h_over_sigma = h * _SQRT2 * p.inv
     total = torch.zeros_like(ssum)
-    for side, count in ((-1, start), (1, K - start - Wb)):
-        edge = (start if side < 0 else start + Wb).to(dt) * h - 1.0
-        w_edge = (edge - mu) * inv  # (edge - mu) / (sigma sqrt 2)
+    for side in (-1, 1):
+        count = p.start if side < 0 else K - p.start - p.width  # bins beyond this end of the window
+        w_edge = p.w0 if side < 0 else p.w0 + p.width.to(dt) * h * p.inv
         tail_side = (w_edge * side) >= 0  # the edge lies on the far side of mu: a Gaussian tail beyond it
         half_T = 0.5 * torch.erfc(w_edge.abs())
         mass = torch.where(tail_side, half_T, 1.0 - half_T)
         z = _SQRT2 * w_edge.abs()
         phi = torch.exp(-(w_edge * w_edge)) * _INV_SQRT_2PI
         dens = h_over_sigma * torch.where(tail_side, phi, _INV_SQRT_2PI)
-        d_int = h_over_sigma * torch.where(tail_side & (z >= 2.0), (z + z * z) * phi, _DPHI_MAX)
-        d_end = torch.where(tail_side & (z >= 1.0), (1.0 + z) * phi, _DPHI_MAX)
-        k_near = torch.minimum(nk, count - 1) if side < 0 else torch.maximum(nk, K - count)  # (S, R)
-        n_near = torch.exp(m - (((2 * k_near + 1).to(dt) / K - 1.0 - y) * root).square())
-        n_end = torch.exp(m - ((side * (1.0 - h / 2) - y) * root).square())
-        c_first = (2 * (start - 1 if side < 0 else start + Wb) + 1).to(dt) / K - 1.0  # nearest centre beyond
-        d = ((y - c_first) * -side).clamp(min=0.0)
-        ratio = torch.where(d > 0, 1.0 / (-torch.expm1(-alpha * h * d)).clamp(min=1e-30), float("inf"))
+        d_int = h_over_sigma * torch.where(tail_side & (z >= 2.0), (z + z * z) * phi, _ZPHI_MAX + _D2PHI_MAX)
+        d_end = torch.where(tail_side & (z >= 1.0), (1.0 + z) * phi, _ZPHI_MAX + _D2PHI_MAX)
+        k_near = torch.minimum(p.nk, count - 1) if side < 0 else torch.maximum(p.nk, K - count)  # (S, R)
+        n_near = torch.exp(p.m - (((2 * k_near + 1).to(dt) / K - 1.0 - p.y) * p.root).square())
+        n_end = torch.exp(p.m - ((side * (1.0 - h / 2) - p.y) * p.root).square())
+        first = p.start - 1 if side < 0 else p.start + p.width  # the nearest bin beyond
+        d = ((p.y - ((2 * first + 1).to(dt) / K - 1.0)) * -side).clamp(min=0.0)
+        ratio = torch.where(d > 0, 1.0 / (-torch.expm1(-p.alpha * h * d)).clamp(min=1e-30), float("inf"))
         n_sum = n_near * torch.minimum(ratio, count.to(dt))
         value = mass * n_end + (torch.minimum(mass, dens) + P_MIN) * n_sum + P_MIN * n_end
         grad = d_end * n_end + d_int * n_sum
@@ -195,49 +231,43 @@ def _omitted_bound(e, rows, start, Wb, ssum, tol):
     return (~(total <= tol * 0.5 * ssum)).any(0)  # NaN or inf counts as too much
 
 
-def _window_stats(e, rows, start, Wb, need_grad, buf, consts):
-    """Lambda (and its gradients) for `rows` over the bins start .. start + Wb - 1, and the window sums
-    2 p_R / N_max (S, R) for the bound on what it leaves out.
+def _window_stats(p: _Plan, a, b, Wb, K, need_grad, buf, consts):
+    """Lambda, its gradients and the window sums 2 p_R / N_max (S, R) for the plan's rows a .. b - 1, all of
+    window width Wb.
 
     A short run of mostly in-place passes over preallocated buffers `buf` (flat, reused for every chunk:
     writing into fresh allocations costs page faults that would outweigh the arithmetic); factors constant
     per row (1/2, 1/sqrt(2 pi), 1/p_R for one sample) are folded into per-row scalars at the end.
     """
     jj, w_max, exp_min = consts
-    mu, inv, root, _, ks, y, nk = e.take(rows)
-    K, h = e.K, e.h
-    S, R = y.shape
-    dt = mu.dtype
+    h = 2.0 / K
+    inv, root, m, y_off = p.inv[a:b], p.root[a:b], p.m[:, a:b], p.y_off[:, a:b]
+    first_open, last_open = p.first_open[a:b], p.last_open[a:b]
+    S, R = m.shape
 
     def view(i, cols):
         return buf[i][: R * cols].view(R, cols)
 
     w, aw, T, p2, p2c, v = view(0, Wb + 1), view(1, Wb + 1), view(2, Wb + 1), view(3, Wb), view(4, Wb), view(5, Wb)
-    startf = start.to(dt)
     # w_j = (e_j - mu) / (sigma sqrt 2) at the window's edges e_j = -1 + (start + j) h, j = 0..Wb:
     # erfc(|w|) = 2 Phi(-|z_j|) is an edge's tail mass, no cancellation. Clamping |w| (float32: 9) and
     # exponents (float32: -87) keeps erfc and exp out of the denormal range (~100x slower on x86); the floors
     # (erfc(9) = 4e-37, e^-81 = 7e-36, e^-87 = 2e-38) only touch bins far below P_MIN, which are floored
     # anyway, and terms < 1e-7 of the smallest possible sum.
-    torch.addcmul(((startf * h - 1.0 - mu) * inv)[:, None], jj[: Wb + 1], (h * inv)[:, None], out=w)
+    torch.addcmul(p.w0[a:b, None], jj[: Wb + 1], (h * inv)[:, None], out=w)
     torch.abs(w, out=aw).clamp_(max=w_max)
     torch.erfc(aw, out=T)
-    first_open, last_open = start == 0, start + Wb == K  # the window reaches an end: that edge is -/+ inf
-    T[:, 0].masked_fill_(first_open, 0.0)
+    T[:, 0].masked_fill_(first_open, 0.0)  # the window reaches an end: that edge is -/+ inf
     T[:, Wb].masked_fill_(last_open, 0.0)
     # bins entirely below or above the mean: |T_hi - T_lo|; the bin holding it: 2 - T_lo - T_hi
     torch.sub(T[:, 1:], T[:, :-1], out=p2).abs_()  # 2 p_k
-    k_in = ks - start
-    idx = k_in.clamp(0, Wb - 1)[:, None]
-    inside = ((k_in >= 0) & (k_in < Wb))[:, None]
+    idx, inside = p.k_in[a:b], p.inside[a:b]
     p2.scatter_(1, idx, torch.where(inside, 2.0 - T.gather(1, idx) - T.gather(1, idx + 1), p2.gather(1, idx)))
     # p < P_MIN is raised to P_MIN; such bins are constants then and get no gradient (p2 keeps 0 there)
     torch.clamp(p2, min=2.0 * P_MIN, out=p2c)
     # sum_k p_k N_k is taken relative to the largest kernel value in the window, at the centre nearest y:
     # that term alone is >= P_MIN, so the sum never underflows, and no ln p_k is needed
-    m = (((2 * torch.clamp(nk, start, start + Wb - 1) + 1).to(dt) / K - 1.0 - y) * root).square()  # (S, R)
-    y_off = ((startf + 0.5) * h - 1.0 - y) * root  # (S, R): (c_start - y) sqrt(alpha / 2)
-    ssums = torch.empty(S, R, dtype=dt, device=mu.device)
+    ssums = torch.empty(S, R, dtype=w.dtype, device=w.device)
     d = view(6, Wb)
     Racc = None
     for s_idx in range(S):
@@ -277,57 +307,61 @@ def _forward(mu, sigma, alpha, y, K, chunk_elems, need_grad):
     w_max, exp_min = _LIMITS.get(dt, _LIMITS[torch.float32])
     consts = (torch.arange(K + 1, device=dev, dtype=dt), w_max, exp_min)
     tol = TOL.get(dt, TOL[torch.float32])
-    e = _Elements(mu, sigma, alpha, y, K)
     lam = torch.empty_like(mu)
     g_mu = torch.empty_like(mu) if need_grad else None
     g_sigma = torch.empty_like(mu) if need_grad else None
-    widths = window_widths(K)
+    path = torch.full((N,), FULL, dtype=torch.int8, device=dev)
     size = max(min(chunk_elems, N * (K + 1)), K + 1)
     buf = [torch.empty(size, device=dev, dtype=dt) for _ in range(8 if S > 1 and need_grad else 7)]
 
-    def run(rows, start, Wb):
-        per = max(1, size // (Wb + 1))
-        ssums = []
-        for i in range(0, rows.shape[0], per):
-            r = rows[i : i + per]
-            out = _window_stats(e, r, start[i : i + per], Wb, need_grad, buf, consts)
-            lam[r] = out[0]
-            if need_grad:
-                g_mu[r], g_sigma[r] = out[1], out[2]
-            ssums.append(out[3])
+    def run(p: _Plan, counts, widths):
+        """Sum the plan's rows over their windows, group by group of widths; returns the window sums."""
+        ssums, at = [], 0
+        for n, Wb in zip(counts, widths, strict=True):
+            per = max(1, size // (Wb + 1))
+            for i in range(at, at + n, per):
+                j = min(i + per, at + n)
+                lam_r, gm_r, gs_r, ssum = _window_stats(p, i, j, Wb, K, need_grad, buf, consts)
+                r = p.rows[i:j]
+                lam[r] = lam_r
+                if need_grad:
+                    g_mu[r], g_sigma[r] = gm_r, gs_r
+                ssums.append(ssum)
+            at += n
         return torch.cat(ssums, 1)
 
-    path = torch.full((N,), FULL, dtype=torch.int8, device=dev)
-    ok, lam_a, gmu_a, gsig_a = _analytic(mu, sigma, alpha, y, K, tol)
-    rows_a = ok.nonzero().squeeze(1)
-    lam[rows_a] = lam_a[rows_a].to(dt)
-    if need_grad:
-        g_mu[rows_a], g_sigma[rows_a] = gmu_a[rows_a].to(dt), gsig_a[rows_a].to(dt)
-    path[rows_a] = ANALYTIC
-    full = (~ok).nonzero().squeeze(1)
-    if len(widths) > 1 and full.numel():
-        rest = full
-        want, centre = e.window_requests(rest, sigma, dt)
-        group = torch.bucketize(want, torch.tensor(widths, device=dev, dtype=dt))  # smallest width >= want
+    widths = window_widths(K)
+    windowed = len(widths) > 1
+    if windowed:
+        want, centre = _window_requests(mu, sigma, alpha, y, K, dt)
+        cand = (want >= ANALYTIC_MIN_BINS).nonzero().squeeze(1)  # narrower windows cost less than the bound
+    else:
+        cand = torch.arange(N, device=dev)
+    if cand.numel():
+        ok, lam_a, gmu_a, gsig_a = _analytic(mu[cand], sigma[cand], alpha[cand], y[:, cand], K, tol)
+        rows_a = cand[ok]
+        lam[rows_a] = lam_a[ok].to(dt)
+        if need_grad:
+            g_mu[rows_a], g_sigma[rows_a] = gmu_a[ok].to(dt), gsig_a[ok].to(dt)
+        path[rows_a] = ANALYTIC
+    full = (path != ANALYTIC).nonzero().squeeze(1)
+    if windowed and full.numel():
+        group = torch.bucketize(want[full], torch.tensor(widths, device=dev, dtype=dt))  # smallest width >= want
         order = torch.argsort(group)
         counts = torch.bincount(group, minlength=len(widths)).tolist()
-        n_win = rest.numel() - counts[-1]
-        full = rest[order[n_win:]]
+        n_win = full.numel() - counts[-1]
+        rows_w, full = full[order[:n_win]], full[order[n_win:]]
         if n_win:
-            rows_w = rest[order[:n_win]]
             width = torch.tensor(widths, device=dev)[group[order[:n_win]]]
-            start = torch.clamp(torch.round(centre[order[:n_win]] - 0.5 * (width - 1)), min=0).long()
+            start = torch.clamp(torch.round(centre[rows_w] - 0.5 * (width - 1)), min=0).long()
             start = torch.minimum(start, K - width)
-            ssums, at = [], 0
-            for g, n in enumerate(counts[:-1]):
-                if n:
-                    ssums.append(run(rows_w[at : at + n], start[at : at + n], widths[g]))
-                    at += n
-            bad = _omitted_bound(e, rows_w, start, width, torch.cat(ssums, 1), tol)
+            p = _plan(mu, sigma, alpha, y, K, rows_w, start, width)
+            bad = _omitted_bound(p, K, run(p, counts[:-1], widths[:-1]), tol)
             path[rows_w] = WINDOW
             full = torch.cat([full, rows_w[bad]])
     if full.numel():
-        run(full, torch.zeros_like(full), K)
+        zero = torch.zeros_like(full)
+        run(_plan(mu, sigma, alpha, y, K, full, zero, zero + K), [full.numel()], [K])
         path[full] = FULL
     return lam, g_mu, g_sigma, path
 
