@@ -110,36 +110,35 @@ def _analytic(mu, sigma, alpha, y, K, tol):
     var_k = 1.0 / alpha
     var_t = sigma * sigma + var_k
     s_tot = torch.sqrt(var_t)
-    q = torch.exp(-2.0 * math.pi**2 * (sigma * sigma * var_k / var_t) / h**2)
+    q = torch.exp((-2.0 * math.pi**2 * (sigma * sigma * var_k / var_t) / h**2).clamp(min=-700.0))
     A = 2.0 * math.pi * sigma / h
     r = 1.0 / (1.0 - q)
     alias = 2.0 * torch.sqrt(var_k / var_t) * q * r * (1.0 + (A + 1.0) * r + (A * A + 1.0) * (1.0 + q) * r * r)
     delta = y - mu  # (S, N)
     a, b = (-0.5 * h - delta) / s_tot, (0.5 * h - delta) / s_tot
-    upper = (a + b) > 0  # the bin lies above the mode of U - V: difference of upper tails, no cancellation
-    M = torch.where(
-        upper,
-        0.5 * (torch.erfc(a * _SQRT1_2) - torch.erfc(b * _SQRT1_2)),
-        0.5 * (torch.erfc(-b * _SQRT1_2) - torch.erfc(-a * _SQRT1_2)),
-    )
+    # M from the tail on the far side of the mode of U - V (no cancellation): erfc(lo) - erfc(hi) / 2
+    upper = (a + b) > 0
+    lo, hi = torch.where(upper, a, -b), torch.where(upper, b, -a)
+    M = 0.5 * (torch.erfc((lo * _SQRT1_2).clamp(max=26.0)) - torch.erfc((hi * _SQRT1_2).clamp(max=26.0)))
     const = torch.log(torch.sqrt(2.0 * math.pi * var_k) / h)
     main = torch.exp(const) * M
     ends = K * P_MIN * 1e3  # bins floored at P_MIN: their mass and (reference) zero gradients
-    for side in (-1, 1):
+    for side in (-1, 1):  # clamped arguments keep erfc / exp off their slow underflow paths (bounds only grow)
         z = (side - mu) / sigma  # the outer edge -1 or +1, standardised
         tail = (z * side) >= 0  # beyond that edge lies a Gaussian tail of p_O
-        half_T = 0.5 * torch.erfc(z.abs() * _SQRT1_2)
+        za = z.abs().clamp(max=37.0)
+        half_T = 0.5 * torch.erfc(za * _SQRT1_2)
         mass = torch.where(tail, half_T, 1.0 - half_T)
-        phi = torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
+        phi = torch.exp(-0.5 * za * za) * _INV_SQRT_2PI
         phi_max = torch.where(tail, phi, _INV_SQRT_2PI)
-        zphi_max = torch.where(tail & (z.abs() >= 1.0), z.abs() * phi, _ZPHI_MAX)
+        zphi_max = torch.where(tail & (za >= 1.0), za * phi, _ZPHI_MAX)
         # the largest kernel value at or beyond the end bin's centre: 1 if y lies there, else at that centre
         dist = ((y - side * (1.0 - 0.5 * h)) * -side).clamp(min=0.0)
-        n_sup = torch.exp(-0.5 * alpha * dist * dist)
+        n_sup = torch.exp((-0.5 * alpha * dist * dist).clamp(min=-700.0))
         ends = ends + n_sup * (mass + 2.0 * phi_max + 3.0 * zphi_max)
     ok = ((alias + ends) <= tol * main).all(0) & (q < 0.5)
     lam = (const + M.log()).mean(0)
-    phi_a, phi_b = torch.exp(-0.5 * a * a) * _INV_SQRT_2PI, torch.exp(-0.5 * b * b) * _INV_SQRT_2PI
+    phi_a, phi_b = (torch.exp((-0.5 * v * v).clamp(min=-700.0)) * _INV_SQRT_2PI for v in (a, b))
     g_mu = ((phi_b - phi_a) / (s_tot * M)).mean(0)
     g_sigma = (-(b * phi_b - a * phi_a) / M).mean(0) * (sigma / var_t)
     return ok, lam, g_mu, g_sigma
@@ -205,25 +204,27 @@ def _omitted_bound(p: _Plan, K, ssum, tol):
     `ssum` (S, R) is 2 p_R / N_max over the window, N_max the largest kernel value in it.
     """
     h, dt = 2.0 / K, p.mu.dtype
+    w_max, exp_min = _LIMITS.get(dt, _LIMITS[torch.float32])  # off the slow underflow paths; bounds only grow
     h_over_sigma = h * _SQRT2 * p.inv
     total = torch.zeros_like(ssum)
     for side in (-1, 1):
         count = p.start if side < 0 else K - p.start - p.width  # bins beyond this end of the window
         w_edge = p.w0 if side < 0 else p.w0 + p.width.to(dt) * h * p.inv
         tail_side = (w_edge * side) >= 0  # the edge lies on the far side of mu: a Gaussian tail beyond it
-        half_T = 0.5 * torch.erfc(w_edge.abs())
+        wa = w_edge.abs().clamp(max=w_max)
+        half_T = 0.5 * torch.erfc(wa)
         mass = torch.where(tail_side, half_T, 1.0 - half_T)
-        z = _SQRT2 * w_edge.abs()
-        phi = torch.exp(-(w_edge * w_edge)) * _INV_SQRT_2PI
+        z = _SQRT2 * wa
+        phi = torch.exp(-(wa * wa)) * _INV_SQRT_2PI
         dens = h_over_sigma * torch.where(tail_side, phi, _INV_SQRT_2PI)
         d_int = h_over_sigma * torch.where(tail_side & (z >= 2.0), (z + z * z) * phi, _ZPHI_MAX + _D2PHI_MAX)
         d_end = torch.where(tail_side & (z >= 1.0), (1.0 + z) * phi, _ZPHI_MAX + _D2PHI_MAX)
         k_near = torch.minimum(p.nk, count - 1) if side < 0 else torch.maximum(p.nk, K - count)  # (S, R)
-        n_near = torch.exp(p.m - (((2 * k_near + 1).to(dt) / K - 1.0 - p.y) * p.root).square())
-        n_end = torch.exp(p.m - ((side * (1.0 - h / 2) - p.y) * p.root).square())
+        n_near = torch.exp((p.m - (((2 * k_near + 1).to(dt) / K - 1.0 - p.y) * p.root).square()).clamp(min=exp_min))
+        n_end = torch.exp((p.m - ((side * (1.0 - h / 2) - p.y) * p.root).square()).clamp(min=exp_min))
         first = p.start - 1 if side < 0 else p.start + p.width  # the nearest bin beyond
         d = ((p.y - ((2 * first + 1).to(dt) / K - 1.0)) * -side).clamp(min=0.0)
-        ratio = torch.where(d > 0, 1.0 / (-torch.expm1(-p.alpha * h * d)).clamp(min=1e-30), float("inf"))
+        ratio = torch.where(d > 0, 1.0 / (-torch.expm1((-p.alpha * h * d).clamp(min=exp_min))).clamp(min=1e-30), float("inf"))
         n_sum = n_near * torch.minimum(ratio, count.to(dt))
         value = mass * n_end + (torch.minimum(mass, dens) + P_MIN) * n_sum + P_MIN * n_end
         grad = d_end * n_end + d_int * n_sum
@@ -399,18 +400,25 @@ def mixture_lse_fixed(logp: Tensor, alpha: Tensor, y: Tensor, chunk_elems: int =
     K = logp.shape[0]
     if y.dim() != 2 or y.shape[1] != alpha.shape[0]:
         raise ValueError(f"y must be shaped (S, N) = (S, {alpha.shape[0]}), got {tuple(y.shape)}")
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(y.device.type, enabled=False):  # the matmul below stays in float32
         dt = y.dtype if y.dtype in (torch.float32, torch.float64) else torch.float32
-        logp = logp.to(device=y.device, dtype=dt).clamp(min=math.log(P_MIN))
-        c = (2 * torch.arange(K, device=y.device, dtype=dt) + 1) / K - 1.0
+        exp_min = _LIMITS.get(dt, _LIMITS[torch.float32])[1]
+        p = logp.to(device=y.device, dtype=torch.float64).exp().clamp(min=P_MIN).to(dt)
+        h = 2.0 / K
+        jj = torch.arange(K, device=y.device, dtype=dt)
         root = torch.sqrt(0.5 * alpha.to(dt))
         out = torch.zeros(y.shape[1], dtype=dt, device=y.device)
         per = max(1, chunk_elems // K)
         for i in range(0, y.shape[1], per):
             rows = slice(i, i + per)
             for s in range(y.shape[0]):
-                d = (c[None, :] - y[s, rows, None].to(dt)) * root[rows, None]  # (k_c - y) sqrt(alpha / 2)
-                out[rows] += torch.logsumexp(torch.addcmul(logp, d, d, value=-1.0), 1)
+                ys, rs = y[s, rows].to(dt), root[rows]
+                # relative to the kernel at the centre nearest y (>= P_MIN of the sum), exponents floored
+                near = (2 * torch.clamp(torch.round((ys + 1.0) / h - 0.5), 0, K - 1) + 1) / K - 1.0
+                m = ((near - ys) * rs).square()
+                d = torch.addcmul(((h / 2 - 1.0 - ys) * rs)[:, None], jj, (h * rs)[:, None])  # (k_c - y) sqrt(a/2)
+                v = torch.addcmul(m[:, None], d, d, value=-1.0).clamp_(min=exp_min).exp_()
+                out[rows] += (v @ p).log() - m
         return out / y.shape[0]
 
 
