@@ -30,6 +30,7 @@ from suite.methods import build_method
 ROUNDS = int(os.environ.get("BFN_BENCH_ROUNDS", "15"))
 WARMUP = 3
 RESULTS: list[tuple[str, float, float, float, float]] = []
+NOTES: list[str] = []
 IMAGE_NET = ("conv", {"channels": 32, "n_blocks": 2})
 TEXT_NET = ("transformer", {"d_model": 128, "n_layers": 4, "n_heads": 4})
 
@@ -54,6 +55,8 @@ def _report():
     for name, bare, step, ratio, target in RESULTS:
         tgt = "-" if math.isnan(target) else f"{target:.2f}"
         print(f"{name:62s} {bare:8.1f} {step:8.1f} {ratio:6.3f} {tgt:>6s}")
+    for note in NOTES:
+        print(note)
     torch.set_num_threads(old)
 
 
@@ -112,6 +115,29 @@ def test_bench_images(benchmark):
         ("bfn_discretised L^n n=10 (K=256, 10 y-samples, reference)", "bfn_discretised", {"n_y_samples": 10}, 10, nan),
     ]
     _run(benchmark, "1x28x28 conv", spec, x, variants, IMAGE_NET)
+    NOTES.append(_receiver_paths_note(spec, x, 10))
+
+
+def _receiver_paths_note(spec, x, n) -> str:
+    """How the discretised receiver summed the elements of one L^n batch like the timed ones (untrained
+    network, i uniform on 1..n): the closed form, a window of bins, all K bins, or the prior (t = 0)."""
+    from suite.bfn import mixture
+
+    torch.manual_seed(0)
+    model = build_method("bfn_discretised", spec, backbone=IMAGE_NET[0], backbone_kwargs=IMAGE_NET[1])
+    i = torch.arange(x.shape[0]) % n + 1
+    t = (i.double() - 1) / n
+    with torch.no_grad():
+        mu_x, sigma_x = model.out_params(model.flow(x, t), t)
+    alpha = model.bcast(model.schedule.alpha_i(i, n)).float().expand_as(mu_x)
+    y = x + torch.randn_like(x) / alpha.sqrt()
+    keep = i > 1
+    paths = mixture.receiver_paths(mu_x[keep].reshape(-1), sigma_x[keep].reshape(-1), alpha[keep].reshape(-1),
+                                   y[keep].reshape(1, -1), spec.num_classes)  # fmt: skip
+    counts = torch.bincount(paths.long(), minlength=3).tolist() + [int((~keep).sum()) * mu_x[0].numel()]
+    share = ", ".join(f"{name} {c / sum(counts):.0%}" for name, c in zip(("closed form", "window", "all K bins",
+                                                                        "prior"), counts, strict=True))  # fmt: skip
+    return f"receiver paths, discretised L^n n={n} (K={spec.num_classes}), i = 1..{n} cycled over the batch: {share}"
 
 
 def test_bench_binary_images(benchmark):
