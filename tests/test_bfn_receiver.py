@@ -163,15 +163,17 @@ def test_nstep_loss_gradients_equal_autograd_through_the_definition(monkeypatch)
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
 
 
-def _bin_mean_paths(mu, sigma):
+def _bin_mean_paths(mu, sigma, window=4):
     fast = dgauss._poisson_rows(mu, sigma, K)
     wide = ~fast & (sigma >= dgauss.BIN_MEAN_WIDE * 2.0 / K)
-    return fast, wide, ~fast & ~wide
+    tiny = sigma <= (window - 1) * (2.0 / K) / 12.0
+    return fast, wide, tiny, ~fast & ~wide & ~tiny
 
 
 def test_bin_mean_paths_equal_the_direct_sum():
-    """k-hat = sum_k p(k) k_c and its derivatives (MATH.md s.4) on each of bin_mean's three paths (k-hat = mu by
-    Poisson summation; end corrections by one-point Euler-Maclaurin; window + Euler-Maclaurin tails), float64."""
+    """k-hat = sum_k p(k) k_c and its derivatives (MATH.md s.4) on each of bin_mean's paths (k-hat = mu by Poisson
+    summation; end corrections by one-point Euler-Maclaurin; the window alone for sigma <= h/4; window +
+    Euler-Maclaurin tails), float64."""
     g = torch.Generator().manual_seed(3)
     n = 6000
     mu = torch.rand(n, generator=g, dtype=torch.float64) * 3 - 1.5

@@ -145,7 +145,9 @@ def _horner(coeffs: list[Tensor], u: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def _bin_mean_and_grads(mu: Tensor, sigma: Tensor, K: int, window: int) -> tuple[Tensor, Tensor, Tensor]:
+def _bin_mean_and_grads(
+    mu: Tensor, sigma: Tensor, K: int, window: int, tails: bool = True
+) -> tuple[Tensor, Tensor, Tensor]:
     """k-hat and its derivatives d/dmu = (h/sigma) sum_j phi(z_j), d/dsigma = (h/sigma) sum_j z_j phi(z_j).
 
     Edges j = 1..K-1 (e_j = -1 + j h) are split at j0 = floor((mu + 1)/h): the 2 `window` edges around mu are
@@ -154,6 +156,8 @@ def _bin_mean_and_grads(mu: Tensor, sigma: Tensor, K: int, window: int) -> tuple
     sum_m c_m s^(1-2m) f^(2m-1) in lattice units (dz = dj / s). With phi^(m) = (-1)^m He_m phi:
     int Phi = z Phi + phi, Phi^(2m-1) = He_{2m-2} phi; int phi = Phi, phi^(2m-1) = -He_{2m-1} phi;
     int z phi = -phi, (z phi)^(2m-1) = -He_{2m} phi. One (2 window + 4, N) tensor holds every point.
+    tails=False skips the tails, for sigma <= (window - 1) h / 12: every tail edge lies 12 sigma or more from
+    mu, so its Phi is 0 or 1 and its phi 0 to within 2e-33 (times K - 1 edges).
     """
     shape = mu.shape
     mu, sigma = mu.reshape(-1), sigma.reshape(-1)
@@ -163,13 +167,14 @@ def _bin_mean_and_grads(mu: Tensor, sigma: Tensor, K: int, window: int) -> tuple
     # every point as v = -z / sqrt(2) = c0 + j c1, so that erfc(v) = 2 Phi(z) and exp(-v^2) = sqrt(2 pi) phi(z)
     c1 = -h * _SQRT1_2 / sigma
     c0 = (1.0 + mu) * _SQRT1_2 / sigma
-    V = mu.new_empty(2 * W + 4, mu.shape[0])
+    V = mu.new_empty(2 * W + (4 if tails else 0), mu.shape[0])
     offs = torch.arange(1 - W, W + 1, dtype=mu.dtype, device=mu.device)[:, None]
     torch.addcmul(c0 + j0 * c1, offs, c1, out=V[: 2 * W])  # the window: edges j0-W+1 .. j0+W
     a = torch.clamp(j0 - W, 1.0, K - 1.0)  # the tails' ends: 1..a below, b..K-1 above (in w = -z)
     b = torch.clamp(j0 + W + 1, 1.0, K - 1.0)
-    V[2 * W], V[2 * W + 1] = c0 + c1, c0 + a * c1
-    V[2 * W + 2], V[2 * W + 3] = -(c0 + (K - 1) * c1), -(c0 + b * c1)
+    if tails:
+        V[2 * W], V[2 * W + 1] = c0 + c1, c0 + a * c1
+        V[2 * W + 2], V[2 * W + 3] = -(c0 + (K - 1) * c1), -(c0 + b * c1)
     # window edges outside 1..K-1 contribute nothing: move them to z = -12, where every summand is < 1e-31
     invalid = (j0 < 1 - offs) | (j0 > K - 1 - offs)
     V[: 2 * W].masked_fill_(invalid, 12.0 * _SQRT1_2)
@@ -184,6 +189,10 @@ def _bin_mean_and_grads(mu: Tensor, sigma: Tensor, K: int, window: int) -> tuple
     tot = (2 * W - erf[: 2 * W].sum(0)) * 0.5
     tot_p = p[: 2 * W].sum(0) * _INV_SQRT_2PI
     tot_zp = vp[: 2 * W].sum(0) * (-math.sqrt(2.0) * _INV_SQRT_2PI)
+    has_up = (j0 + W + 1 <= K - 1).to(mu.dtype)
+    if not tails:  # below the window Phi = 0, above it Phi = 1: K - b edges
+        k_hat = (1.0 - h / 2) - h * (tot + has_up * (K - b))
+        return k_hat.reshape(shape), ((h / sigma) * tot_p).reshape(shape), ((h / sigma) * tot_zp).reshape(shape)
     P, p = (1.0 - erf[2 * W :]) * 0.5, p[2 * W :] * _INV_SQRT_2PI
     zp = Z * p
     z, Pe, pe, zpe = Z, P, p, zp
@@ -194,7 +203,6 @@ def _bin_mean_and_grads(mu: Tensor, sigma: Tensor, K: int, window: int) -> tuple
     E_zp = -(s + q_next) * pe
     S_P, S_p, S_zp = (e[1::2] - e[0::2] + 0.5 * (f[0::2] + f[1::2]) for e, f in ((E_P, Pe), (E_p, pe), (E_zp, zpe)))
     has_lo = (j0 - W >= 1).to(mu.dtype)
-    has_up = (j0 + W + 1 <= K - 1).to(mu.dtype)
     tot = tot + has_lo * S_P[0] + has_up * ((K - b) - S_P[1])
     tot_p = tot_p + has_lo * S_p[0] + has_up * S_p[1]
     tot_zp = tot_zp + has_lo * S_zp[0] - has_up * S_zp[1]
@@ -266,7 +274,14 @@ class _BinMean(torch.autograd.Function):
             k_hat, d_mu, d_sigma = mu.clone(), torch.ones_like(mu), torch.zeros_like(mu)
             fast = _poisson_rows(mu, sigma, K)  # k-hat = mu to within BIN_MEAN_FAST_TOL
             wide = ~fast & (sigma >= BIN_MEAN_WIDE * 2.0 / K)
-            for rows, fn in ((wide, _bin_mean_wide), (~fast & ~wide, partial(_bin_mean_and_grads, window=window))):
+            tiny = sigma <= (window - 1) * (2.0 / K) / 12.0  # the window alone: no tails
+            general = ~fast & ~wide & ~tiny
+            paths = (
+                (wide, _bin_mean_wide),
+                (tiny, partial(_bin_mean_and_grads, window=window, tails=False)),
+                (general, partial(_bin_mean_and_grads, window=window)),
+            )
+            for rows, fn in paths:
                 idx = rows.nonzero(as_tuple=True)
                 if idx[0].numel():
                     k_hat[idx], d_mu[idx], d_sigma[idx] = fn(mu[idx], sigma[idx], K)
