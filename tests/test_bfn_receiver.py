@@ -179,7 +179,7 @@ def test_bin_mean_paths_equal_the_direct_sum():
     mu = torch.rand(n, generator=g, dtype=torch.float64) * 3 - 1.5
     sigma = 1e-3 * torch.exp(torch.rand(n, generator=g, dtype=torch.float64) * math.log(1e4))
     paths = _bin_mean_paths(mu, sigma)
-    assert all(int(p.sum()) > 500 for p in paths)
+    assert all(int(p.sum()) > 200 for p in paths)
     m, s = mu.clone().requires_grad_(), sigma.clone().requires_grad_()
     fast, direct = dgauss.bin_mean(m, s, K), dgauss.bin_mean_sum(m, s, K)
     gf = torch.autograd.grad(fast.sum(), [m, s])
