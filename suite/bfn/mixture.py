@@ -10,8 +10,8 @@ over K bins and sender accuracy alpha, the receiver is the 1-D mixture
     Lambda = LSE_k( ln p_O(k) - alpha (y_s - k_c)^2 / 2 ),
 
 i.e. ln p_R(y_s) up to the Gaussian normaliser ln sqrt(alpha / 2 pi), which cancels against p_S in the
-n-step loss. Bin probabilities below P_MIN = 1e-30 are raised to P_MIN (they underflow float32 anyway): the
-receiver's mass exceeds 1 by < K * P_MIN, a negligible slack in the bound, and those bins get no gradient.
+n-step loss. Every bin probability is raised by P_MIN = 1e-30 (a bin below that underflows float32 anyway),
+so the sum never underflows: the receiver's mass is 1 + K * P_MIN, a negligible slack in the bound.
 
 Three things make it cheap, none of them approximate:
 
@@ -122,7 +122,7 @@ def _analytic(mu, sigma, alpha, y, K, tol):
     M = 0.5 * (torch.erfc((lo * _SQRT1_2).clamp(max=26.0)) - torch.erfc((hi * _SQRT1_2).clamp(max=26.0)))
     const = torch.log(torch.sqrt(2.0 * math.pi * var_k) / h)
     main = torch.exp(const) * M
-    ends = K * P_MIN * 1e3  # bins floored at P_MIN: their mass and (reference) zero gradients
+    ends = K * P_MIN  # every bin raised by P_MIN (kernel values <= 1)
     for side in (-1, 1):  # clamped arguments keep erfc / exp off their slow underflow paths (bounds only grow)
         z = (side - mu) / sigma  # the outer edge -1 or +1, standardised
         tail = (z * side) >= 0  # beyond that edge lies a Gaussian tail of p_O
@@ -253,8 +253,8 @@ def _window_stats(p: _Plan, a, b, Wb, K, need_grad, buf, consts):
     # w_j = (e_j - mu) / (sigma sqrt 2) at the window's edges e_j = -1 + (start + j) h, j = 0..Wb:
     # erfc(|w|) = 2 Phi(-|z_j|) is an edge's tail mass, no cancellation. Clamping |w| (float32: 9) and
     # exponents (float32: -87) keeps erfc and exp out of the denormal range (~100x slower on x86); the floors
-    # (erfc(9) = 4e-37, e^-81 = 7e-36, e^-87 = 2e-38) only touch bins far below P_MIN, which are floored
-    # anyway, and terms < 1e-7 of the smallest possible sum.
+    # (erfc(9) = 4e-37, e^-81 = 7e-36, e^-87 = 2e-38) only touch bin masses far below P_MIN, which every bin
+    # is raised by anyway, and terms < 1e-7 of the smallest possible sum.
     torch.addcmul(p.w0[a:b, None], jj[: Wb + 1], (h * inv)[:, None], out=w)
     torch.abs(w, out=aw).clamp_(max=w_max)
     torch.erfc(aw, out=T)
@@ -264,8 +264,7 @@ def _window_stats(p: _Plan, a, b, Wb, K, need_grad, buf, consts):
     torch.sub(T[:, 1:], T[:, :-1], out=p2).abs_()  # 2 p_k
     idx, inside = p.k_in[a:b], p.inside[a:b]
     p2.scatter_(1, idx, torch.where(inside, 2.0 - T.gather(1, idx) - T.gather(1, idx + 1), p2.gather(1, idx)))
-    # p < P_MIN is raised to P_MIN; such bins are constants then and get no gradient (p2 keeps 0 there)
-    torch.clamp(p2, min=2.0 * P_MIN, out=p2c)
+    torch.add(p2, 2.0 * P_MIN, out=p2c)  # every bin raised by P_MIN
     # sum_k p_k N_k is taken relative to the largest kernel value in the window, at the centre nearest y:
     # that term alone is >= P_MIN, so the sum never underflows, and no ln p_k is needed
     ssums = torch.empty(S, R, dtype=w.dtype, device=w.device)
@@ -286,8 +285,7 @@ def _window_stats(p: _Plan, a, b, Wb, K, need_grad, buf, consts):
     # d ln p_R / d p_k = N_k / p_R; with dp_k/dmu = -(phi(z_k+1) - phi(z_k))/sigma, summation by parts over
     # the edges j (N_k / p_R := 0 outside the window): d/dmu = -(1/sigma) sum_j phi(z_j) (W_j-1 - W_j),
     # d/dsigma = -(1/sigma) sum_j z_j phi(z_j) (W_j-1 - W_j)
-    torch.nn.functional.threshold_(p2, 2.0 * P_MIN, 0.0)
-    W = (v if S == 1 else Racc).mul_(p2).div_(p2c)  # N_k / (2 p_R) up to a per-row scale; 0 where floored
+    W = v if S == 1 else Racc  # N_k / (2 p_R), up to a per-row scale for one sample
     dW = view(6, Wb + 1)
     torch.sub(W[:, :-1], W[:, 1:], out=dW[:, 1:Wb])
     dW[:, 0], dW[:, Wb] = -W[:, 0], W[:, Wb - 1]
@@ -395,7 +393,7 @@ def mixture_lse(mu: Tensor, sigma: Tensor, alpha: Tensor, y: Tensor, K: int, chu
 
 def mixture_lse_fixed(logp: Tensor, alpha: Tensor, y: Tensor, chunk_elems: int = 1 << 18) -> Tensor:
     """The same quantity for one fixed output distribution shared by all elements (e.g. the prior at t = 0,
-    which has no parameters to differentiate): ln p_k (K,) is given, floored at ln P_MIN like mixture_lse,
+    which has no parameters to differentiate): ln p_k (K,) is given, raised by P_MIN like mixture_lse,
     so each bin costs one exp. alpha: (N,), y: (S, N); no gradient."""
     K = logp.shape[0]
     if y.dim() != 2 or y.shape[1] != alpha.shape[0]:
@@ -403,7 +401,7 @@ def mixture_lse_fixed(logp: Tensor, alpha: Tensor, y: Tensor, chunk_elems: int =
     with torch.no_grad(), torch.autocast(y.device.type, enabled=False):  # the matmul below stays in float32
         dt = y.dtype if y.dtype in (torch.float32, torch.float64) else torch.float32
         exp_min = _LIMITS.get(dt, _LIMITS[torch.float32])[1]
-        p = logp.to(device=y.device, dtype=torch.float64).exp().clamp(min=P_MIN).to(dt)
+        p = (logp.to(device=y.device, dtype=torch.float64).exp() + P_MIN).to(dt)
         h = 2.0 / K
         jj = torch.arange(K, device=y.device, dtype=dt)
         root = torch.sqrt(0.5 * alpha.to(dt))
@@ -432,7 +430,7 @@ def mixture_lse_reference(mu: Tensor, sigma: Tensor, alpha: Tensor, y: Tensor, K
     """The same quantity by autograd over the full (S, N, K) tensor: the definition, for tests."""
     from suite.bfn.dgauss import bin_probs, centres
 
-    lnp = bin_probs(mu, sigma, K).clamp(min=P_MIN).log()
+    lnp = (bin_probs(mu, sigma, K) + P_MIN).log()
     c = centres(K, mu.device, mu.dtype)
     kern = -0.5 * alpha[None, :, None] * (y[..., None] - c) ** 2
     return torch.logsumexp(lnp + kern, -1).mean(0)
