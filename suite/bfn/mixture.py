@@ -40,6 +40,7 @@ compare every path with the definition in float64, and show that each bound is w
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -301,6 +302,21 @@ def _window_stats(p: _Plan, a, b, Wb, K, need_grad, buf, consts):
     return lam, g_mu, g_sigma, ssums
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(n: int, size: int, device, dtype) -> list[Tensor]:
+    """n flat work buffers of `size` elements, kept per thread, device and dtype and reused across calls: fresh
+    multi-megabyte allocations come back from the OS zero-filled page by page (page faults on every call)."""
+    cache = _SCRATCH.__dict__.setdefault("buffers", {})
+    key = (str(device), dtype)
+    have = cache.get(key, [])
+    if len(have) < n or have[0].numel() < size:
+        have = [torch.empty(max(size, have[0].numel() if have else 0), device=device, dtype=dtype) for _ in range(n)]
+        cache[key] = have
+    return have[:n]
+
+
 def _forward(mu, sigma, alpha, y, K, chunk_elems, need_grad):
     N, S, dt, dev = mu.shape[0], y.shape[0], mu.dtype, mu.device
     w_max, exp_min = _LIMITS.get(dt, _LIMITS[torch.float32])
@@ -311,7 +327,7 @@ def _forward(mu, sigma, alpha, y, K, chunk_elems, need_grad):
     g_sigma = torch.empty_like(mu) if need_grad else None
     path = torch.full((N,), FULL, dtype=torch.int8, device=dev)
     size = max(min(chunk_elems, N * (K + 1)), K + 1)
-    buf = [torch.empty(size, device=dev, dtype=dt) for _ in range(8 if S > 1 and need_grad else 7)]
+    buf = _scratch(8 if S > 1 and need_grad else 7, size, dev, dt)
 
     def run(p: _Plan, counts, widths):
         """Sum the plan's rows over their windows, group by group of widths; returns the window sums."""
