@@ -13,7 +13,7 @@ i.e. ln p_R(y_s) up to the Gaussian normaliser ln sqrt(alpha / 2 pi), which canc
 n-step loss. Every bin probability is raised by P_MIN = 1e-30 (a bin below that underflows float32 anyway),
 so the sum never underflows: the receiver's mass is 1 + K * P_MIN, a negligible slack in the bound.
 
-Three things make it cheap, none of them approximate:
+Three things make it cheap, each exact to within TOL (below) by a bound checked per element:
 
 - Closed form where it is provably exact: by Poisson summation, the sum over the grid of bin centres
   equals (1/h) times an integral, sqrt(2 pi / alpha) / h * [Phi((h/2 - Delta) / s_tot) - Phi((-h/2 - Delta)
