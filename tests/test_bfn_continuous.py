@@ -10,6 +10,7 @@ from scipy import stats
 from suite.bfn.continuous import ContinuousBFN
 from suite.bfn.testing import TinyNet
 from suite.data.base import DataSpec
+from tests.helpers.bfn import assert_edge_losses_finite, assert_loss_float32_under_autocast
 
 
 class NoiseOracle(torch.nn.Module):
@@ -148,40 +149,16 @@ def test_no_nan_or_inf_at_edges():
         for kind, K in (("continuous", None), ("discretised", 256)):
             model = _model(shape=(3,), sigma1=sigma1, kind=kind, K=K)
             x = torch.rand(4, 3) * 2 - 1 if K is None else (2 * torch.randint(0, K, (4, 3)) + 1).float() / K - 1
-            losses = [
-                model.loss_cts(x, torch.tensor([0.0, 1e-6, 1.0, 1.0], dtype=torch.float64)),
-                model.loss_nstep(x, torch.tensor([1, 1, 10, 10]), 10),
-                model.loss_nstep(x, torch.tensor([1, 1, 1, 1]), 1),
-                model.recon(x),
-            ]
-            sum(v.sum() for v in losses).backward()
-            assert all(torch.isfinite(v).all() for v in losses), (sigma1, kind)
-            assert all(torch.isfinite(p.grad).all() for p in model.parameters()), (sigma1, kind)
+            t = torch.tensor([0.0, 1e-6, 1.0, 1.0], dtype=torch.float64)
+            assert_edge_losses_finite(model, x, t, (sigma1, kind))
 
 
 def test_losses_are_float32_under_autocast():
     """Network under autocast (bfloat16), loss in float32: equal to the loss of the float32-cast outputs."""
-    net = TinyNet((2,), 1, 1)
-
-    class CastOutside(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = net
-
-        def forward(self, h, t):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return self.net(h, t).float()
-
     spec = DataSpec("pts", "continuous", (2,))
-    x = torch.randn(16, 2)
-    for n in (None, 10):
-        torch.manual_seed(3)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            auto = ContinuousBFN(spec, net).nll(x, n)
-        torch.manual_seed(3)
-        ref = ContinuousBFN(spec, CastOutside()).nll(x, n)
-        assert auto.dtype == torch.float32
-        torch.testing.assert_close(auto, ref, rtol=1e-6, atol=1e-4)
+    assert_loss_float32_under_autocast(
+        lambda net: ContinuousBFN(spec, net), TinyNet((2,), 1, 1), torch.randn(16, 2), lambda m, x, n: m.nll(x, n), 1e-4
+    )
 
 
 def test_bad_inputs_are_clear_errors():

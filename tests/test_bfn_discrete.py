@@ -8,6 +8,7 @@ import torch
 from suite.bfn.discrete import DiscreteBFN, factorised_receiver_kl, paper_receiver_kl
 from suite.bfn.testing import OraclePosterior, TinyNet, oracle_input
 from suite.data.base import DataSpec
+from tests.helpers.bfn import assert_edge_losses_finite, assert_loss_float32_under_autocast
 
 P_DATA = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [1 / 3, 1 / 3, 1 / 3]])  # factorised, D = 3, K = 3
 
@@ -185,17 +186,8 @@ def test_no_nan_or_inf_at_edges(receiver):
             F = 1 if K == 2 else K
             model = DiscreteBFN(spec, TinyNet((5,), F, F), beta1=beta1, receiver=receiver)
             x = torch.randint(0, K, (4, 5))
-            losses = [
-                model.loss_cts(x, torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64)),
-                model.loss_nstep(x, torch.tensor([1, 1, 10, 10]), 10),
-                model.loss_nstep(x, torch.tensor([1, 1, 1, 1]), 1),
-                model.recon(x),
-            ]
-            total = sum(v.sum() for v in losses)
-            total.backward()
-            assert all(torch.isfinite(v).all() for v in losses), (beta1, K)
-            assert all(torch.isfinite(p.grad).all() for p in model.parameters())
-            model.zero_grad()
+            t = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+            assert_edge_losses_finite(model, x, t, (beta1, K))
 
 
 def test_large_vocabulary_needs_no_k_squared_memory():
@@ -218,26 +210,10 @@ def test_losses_are_float32_under_autocast():
     float32: identical to computing the loss from the float32-cast outputs outside autocast."""
     K = 5
     spec = DataSpec("a", "discrete", (6,), K)
-    net = TinyNet((6,), K, K)
-
-    class CastOutside(torch.nn.Module):  # the same bf16 network outputs, no autocast around the loss
-        def __init__(self):
-            super().__init__()
-            self.net = net
-
-        def forward(self, h, t):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return self.net(h, t).float()
-
-    x = torch.randint(0, K, (8, 6))
-    for n in (None, 10):
-        torch.manual_seed(3)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            auto = DiscreteBFN(spec, net, beta1=1.0).loss(x, n)
-        torch.manual_seed(3)
-        ref = DiscreteBFN(spec, CastOutside(), beta1=1.0).loss(x, n)
-        assert auto.dtype == torch.float32
-        torch.testing.assert_close(auto, ref, rtol=1e-6, atol=1e-6)
+    assert_loss_float32_under_autocast(
+        lambda net: DiscreteBFN(spec, net, beta1=1.0), TinyNet((6,), K, K), torch.randint(0, K, (8, 6)),
+        lambda m, x, n: m.loss(x, n), 1e-6,
+    )  # fmt: skip
 
 
 def test_bad_inputs_are_clear_errors():

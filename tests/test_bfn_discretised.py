@@ -13,6 +13,7 @@ from suite.bfn.discretised import DiscretisedBFN
 from suite.bfn.mixture import mixture_lse, mixture_lse_reference
 from suite.bfn.testing import TinyNet
 from suite.data.base import DataSpec
+from tests.helpers.bfn import assert_edge_losses_finite, assert_loss_float32_under_autocast
 
 CASES = [(-0.3, 0.05), (0.97, 0.2), (-1.4, 0.5), (0.0, 10.0), (0.51, 1e-3), (2.5, 0.01)]
 
@@ -210,41 +211,18 @@ def test_no_nan_or_inf_at_edges():
             with torch.no_grad():
                 model.net.out.bias.add_(30.0)  # ln sigma_eps = 30: exp overflows unless clamped in log space
             x = _data(4, K, (2, 3), torch.Generator().manual_seed(0))
-            losses = [
-                model.loss_cts(x, torch.tensor([0.0, 1e-9, 1.0, 1.0], dtype=torch.float64)),
-                model.loss_nstep(x, torch.tensor([1, 1, 10, 10]), 10),
-                model.loss_nstep(x, torch.tensor([1, 1, 1, 1]), 1),
-                model.recon(x),
-            ]
-            sum(v.sum() for v in losses).backward()
-            assert all(torch.isfinite(v).all() for v in losses), (sigma1, K)
-            assert all(torch.isfinite(p.grad).all() for p in model.parameters()), (sigma1, K)
+            t = torch.tensor([0.0, 1e-9, 1.0, 1.0], dtype=torch.float64)
+            assert_edge_losses_finite(model, x, t, (sigma1, K))
 
 
 def test_losses_are_float32_under_autocast():
     """Network under autocast (bfloat16), loss in float32: equal to the loss of the float32-cast outputs."""
     K, shape = 256, (2, 3)
-    net = TinyNet(shape, 1, 2)
-
-    class CastOutside(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = net
-
-        def forward(self, h, t):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return self.net(h, t).float()
-
     spec = DataSpec("img", "discretised", shape, K)
     x = _data(8, K, shape, torch.Generator().manual_seed(1))
-    for n in (None, 10):
-        torch.manual_seed(3)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            auto = DiscretisedBFN(spec, net).nll(x, n)
-        torch.manual_seed(3)
-        ref = DiscretisedBFN(spec, CastOutside()).nll(x, n)
-        assert auto.dtype == torch.float32
-        torch.testing.assert_close(auto, ref, rtol=1e-6, atol=1e-5)
+    assert_loss_float32_under_autocast(
+        lambda net: DiscretisedBFN(spec, net), TinyNet(shape, 1, 2), x, lambda m, x, n: m.nll(x, n), 1e-5
+    )
 
 
 def test_bad_inputs_are_clear_errors():
