@@ -10,7 +10,11 @@ from scipy import stats
 from suite.bfn.continuous import ContinuousBFN
 from suite.bfn.testing import TinyNet
 from suite.data.base import DataSpec
-from tests.helpers.bfn import assert_edge_losses_finite, assert_loss_float32_under_autocast
+from tests.helpers.bfn import (
+    assert_edge_losses_finite,
+    assert_loss_float32_under_autocast,
+    assert_nstep_tends_to_cts,
+)
 
 
 class NoiseOracle(torch.nn.Module):
@@ -92,16 +96,7 @@ def test_nstep_loss_tends_to_continuous_time_loss():
         torch.rand(N, generator=g, dtype=torch.float64),
         torch.randn(N, 2, generator=g),
     )
-    with torch.no_grad():
-        cts = model.loss_cts(x, u, fl).double()
-        gaps = {}
-        for n in (10, 100, 1000, 10000):
-            d = model.loss_nstep(x, torch.floor(u * n).long() + 1, n, fl).double() - cts
-            gaps[n] = (float(d.mean()), float(d.std() / math.sqrt(N)))
-    m10, s10 = gaps[10]
-    for n, (m, s) in gaps.items():
-        assert abs(m) <= 5 * s + 2 * (abs(m10) + 5 * s10) * 10 / n, (n, gaps)
-    assert abs(gaps[10000][0]) <= 5 * gaps[10000][1] + 1e-3 * float(cts.mean()), gaps
+    assert_nstep_tends_to_cts(model, x, u, fl)
 
 
 def test_reconstruction_over_bins_and_as_a_density():

@@ -8,7 +8,11 @@ import torch
 from suite.bfn.discrete import DiscreteBFN, factorised_receiver_kl, paper_receiver_kl
 from suite.bfn.testing import OraclePosterior, TinyNet, oracle_input
 from suite.data.base import DataSpec
-from tests.helpers.bfn import assert_edge_losses_finite, assert_loss_float32_under_autocast
+from tests.helpers.bfn import (
+    assert_edge_losses_finite,
+    assert_loss_float32_under_autocast,
+    assert_nstep_tends_to_cts,
+)
 
 P_DATA = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [1 / 3, 1 / 3, 1 / 3]])  # factorised, D = 3, K = 3
 
@@ -163,18 +167,7 @@ def test_nstep_loss_tends_to_continuous_time_loss(receiver):
         torch.randn(N, D, K, generator=g),
         torch.randn(N, D, K, generator=g),
     )
-    with torch.no_grad():
-        cts = model.loss_cts(x, u, fl).double()
-        gaps = {}
-        for n in (10, 100, 1000, 10000):
-            i = torch.floor(u * n).long() + 1
-            ln = 0.5 * (model.loss_nstep(x, i, n, fl, yn) + model.loss_nstep(x, i, n, fl, -yn)).double()
-            d = ln - cts
-            gaps[n] = (float(d.mean()), float(d.std() / math.sqrt(N)))
-    m10, s10 = gaps[10]
-    for n, (m, s) in gaps.items():
-        assert abs(m) <= 5 * s + 2 * (abs(m10) + 5 * s10) * 10 / n, (n, gaps)
-    assert abs(gaps[10000][0]) <= 5 * gaps[10000][1] + 1e-3 * float(cts.mean()), gaps
+    assert_nstep_tends_to_cts(model, x, u, fl, yn)
 
 
 @pytest.mark.parametrize("receiver", ["paper", "factorised_1d"])

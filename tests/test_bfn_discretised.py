@@ -13,7 +13,11 @@ from suite.bfn.discretised import DiscretisedBFN
 from suite.bfn.mixture import mixture_lse, mixture_lse_reference
 from suite.bfn.testing import TinyNet
 from suite.data.base import DataSpec
-from tests.helpers.bfn import assert_edge_losses_finite, assert_loss_float32_under_autocast
+from tests.helpers.bfn import (
+    assert_edge_losses_finite,
+    assert_loss_float32_under_autocast,
+    assert_nstep_tends_to_cts,
+)
 
 CASES = [(-0.3, 0.05), (0.97, 0.2), (-1.4, 0.5), (0.0, 10.0), (0.51, 1e-3), (2.5, 0.01)]
 
@@ -188,18 +192,7 @@ def test_nstep_loss_tends_to_continuous_time_loss():
         torch.randn(N, *shape, generator=g),
         torch.randn(1, N, *shape, generator=g),
     )
-    with torch.no_grad():
-        cts = model.loss_cts(x, u, fl).double()
-        gaps = {}
-        for n in (10, 100, 1000, 10000):
-            i = torch.floor(u * n).long() + 1
-            ln = 0.5 * (model.loss_nstep(x, i, n, fl, yn) + model.loss_nstep(x, i, n, fl, -yn)).double()
-            d = ln - cts
-            gaps[n] = (float(d.mean()), float(d.std() / math.sqrt(N)))
-    m10, s10 = gaps[10]
-    for n, (m, s) in gaps.items():
-        assert abs(m) <= 5 * s + 2 * (abs(m10) + 5 * s10) * 10 / n, (n, gaps)
-    assert abs(gaps[10000][0]) <= 5 * gaps[10000][1] + 1e-3 * float(cts.mean()), gaps
+    assert_nstep_tends_to_cts(model, x, u, fl, yn)
 
 
 def test_no_nan_or_inf_at_edges():

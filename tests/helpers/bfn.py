@@ -43,3 +43,26 @@ def assert_loss_float32_under_autocast(make_model, net, x, loss, atol) -> None:
         ref = loss(make_model(CastOutside(net)), x, n)
         assert auto.dtype == torch.float32
         torch.testing.assert_close(auto, ref, rtol=1e-6, atol=atol)
+
+
+def assert_nstep_tends_to_cts(model, x, u, flow_noise, y_noise=None) -> None:
+    """L^n -> L^inf as n grows (MATH.md s.2), on common random numbers: t = u for L^inf, i = floor(u n) + 1
+    and the same flow noise for L^n (with antithetic sender noise +-y_noise where the loss takes one). The
+    mean gap must shrink at least like 1/n from n = 10 (within 5 s.e.) and be below 0.1 % of L^inf (+5 s.e.)
+    at n = 10000."""
+    N = x.shape[0]
+    with torch.no_grad():
+        cts = model.loss_cts(x, u, flow_noise).double()
+        gaps = {}
+        for n in (10, 100, 1000, 10000):
+            i = torch.floor(u * n).long() + 1
+            if y_noise is None:
+                ln = model.loss_nstep(x, i, n, flow_noise).double()
+            else:
+                ln = 0.5 * (model.loss_nstep(x, i, n, flow_noise, y_noise) + model.loss_nstep(x, i, n, flow_noise, -y_noise))
+            d = ln.double() - cts
+            gaps[n] = (float(d.mean()), float(d.std() / N**0.5))
+    m10, s10 = gaps[10]
+    for n, (m, s) in gaps.items():
+        assert abs(m) <= 5 * s + 2 * (abs(m10) + 5 * s10) * 10 / n, (n, gaps)
+    assert abs(gaps[10000][0]) <= 5 * gaps[10000][1] + 1e-3 * float(cts.mean()), gaps
