@@ -48,6 +48,8 @@ class DiscretisedBFN(GaussianFlowBFN):
         self.K = spec.num_classes
         self.n_y_samples = n_y_samples
         self.chunk_elems = int(chunk_elems)
+        z = torch.zeros(1, dtype=torch.float64)  # ln p_O(k) at t < t_min, (mu_x, sigma_x) = (0, 1): the prior's
+        self.prior_logp = bin_probs(z, z + 1.0, self.K)[0].log()
 
     @staticmethod
     def check_spec(spec) -> None:
@@ -102,7 +104,7 @@ class DiscretisedBFN(GaussianFlowBFN):
                 args = (mu_x[idx].reshape(-1), sigma_x[idx].reshape(-1), alpha[idx].reshape(-1))
                 out = mixture_lse(*args, y[:, idx].reshape(S, -1), self.K, self.chunk_elems)
             else:  # p_O = the prior's discretised N(0, 1) everywhere
-                out = mixture_lse_fixed(self._prior_logp(), alpha[idx].reshape(-1), y[:, idx].reshape(S, -1))
+                out = mixture_lse_fixed(self.prior_logp, alpha[idx].reshape(-1), y[:, idx].reshape(S, -1))
             return out.reshape(-1, *mu_x.shape[1:])
 
         if not prior.any():
@@ -112,13 +114,6 @@ class DiscretisedBFN(GaussianFlowBFN):
         rows_p, rows_n = prior.nonzero().squeeze(1), (~prior).nonzero().squeeze(1)
         out = mu_x.new_zeros(B, *mu_x.shape[1:])
         return out.index_copy(0, rows_n, lse(rows_n, True)).index_copy(0, rows_p, lse(rows_p, False))
-
-    def _prior_logp(self) -> Tensor:
-        """ln p_O(k) of the output distribution at t < t_min, (mu_x, sigma_x) = (0, 1), in float64."""
-        if getattr(self, "_prior_logp_cache", None) is None:
-            z = torch.zeros(1, dtype=torch.float64)
-            self._prior_logp_cache = bin_probs(z, z + 1.0, self.K)[0].log()
-        return self._prior_logp_cache
 
     def recon(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
         """-ln p_O(x | theta; 1), exact in the tails (log-space bin mass)."""

@@ -153,7 +153,6 @@ class _Plan:
     rows: Tensor  # indices into the batch
     start: Tensor
     width: Tensor
-    mu: Tensor
     inv: Tensor  # 1 / (sigma sqrt 2)
     root: Tensor  # sqrt(alpha / 2)
     alpha: Tensor
@@ -178,7 +177,7 @@ def _plan(mu, sigma, alpha, y, K, rows, start, width) -> _Plan:
     n_win = torch.minimum(torch.maximum(nk, start), start + width - 1)
     k_in = torch.clamp(torch.floor((mu + 1.0) / h), 0, K - 1).long() - start
     return _Plan(
-        rows=rows, start=start, width=width, mu=mu, inv=inv, root=root, alpha=alpha, y=y, nk=nk,
+        rows=rows, start=start, width=width, inv=inv, root=root, alpha=alpha, y=y, nk=nk,
         m=(((2 * n_win + 1).to(dt) / K - 1.0 - y) * root).square(),
         w0=(startf * h - 1.0 - mu) * inv,
         y_off=((startf + 0.5) * h - 1.0 - y) * root,
@@ -204,7 +203,7 @@ def _omitted_bound(p: _Plan, K, ssum, tol):
     derivatives fall back to their global maxima when the edge is within 2 sigma of mu or on mu's far side.
     `ssum` (S, R) is 2 p_R / N_max over the window, N_max the largest kernel value in it.
     """
-    h, dt = 2.0 / K, p.mu.dtype
+    h, dt = 2.0 / K, p.inv.dtype
     w_max, exp_min = _LIMITS.get(dt, _LIMITS[torch.float32])  # off the slow underflow paths; bounds only grow
     h_over_sigma = h * _SQRT2 * p.inv
     total = torch.zeros_like(ssum)
