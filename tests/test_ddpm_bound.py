@@ -11,6 +11,7 @@ from torch import nn
 
 from baselines.ddpm import DDPM, Tables, discretised_gaussian_log_prob, gaussian_kl_to_standard, make_betas, normal_kl
 from suite.data.base import DataSpec, bin_centres_from_index
+from tests.helpers.estimators import term_draws
 
 
 class TinyNet(nn.Module):
@@ -194,16 +195,6 @@ def test_decoder_term_is_minus_log_bin_mass():
     assert term.item() == pytest.approx(want, rel=1e-5)
 
 
-def _draws(fn, x, reps, seed):
-    """{term: (reps, B)} from one call on x repeated reps times, plus the total."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        terms = fn(x.repeat(reps, *([1] * (x.dim() - 1))), generator=g)
-    out = {k: v.double().reshape(reps, x.shape[0]) for k, v in terms.items()}
-    out["total"] = sum(out.values())
-    return out
-
-
 @pytest.mark.parametrize("n_steps", [None, 3])
 def test_single_t_estimator_equals_full_bound_in_expectation(n_steps):
     """MATH.md s.8 estimators: E_t,eps[L_T + n term_t] = L_T + sum_t E_eps[term_t] (t ~ U{1..n}), for the trained grid
@@ -213,8 +204,8 @@ def test_single_t_estimator_equals_full_bound_in_expectation(n_steps):
     model = DDPM(spec_for(shape, K), TinyNet(shape, 2, out_scale=2.0), T=8, schedule="cosine",
                  variance="learned_range", loss_type="hybrid")
     x = random_images(2, shape, K, seed=4)
-    single = _draws(lambda v, generator: model.bound_terms(v, n_steps, generator=generator), x, 6000, 5)
-    full = _draws(lambda v, generator: model.full_bound_terms(v, n_steps, generator=generator), x, 600, 6)
+    single = term_draws(lambda v, generator: model.bound_terms(v, n_steps, generator=generator), x, 6000, 5)
+    full = term_draws(lambda v, generator: model.full_bound_terms(v, n_steps, generator=generator), x, 600, 6)
     for part in ("total", "decoder", "diffusion"):
         s, f = single[part], full[part]
         se = (s.var(0) / s.shape[0] + f.var(0) / f.shape[0]).sqrt()

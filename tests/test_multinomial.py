@@ -12,6 +12,7 @@ from baselines.discrete import MultinomialDiffusion, multinomial_betas
 from suite.data.base import DataSpec
 from suite.methods import build_method
 from tests.helpers.categorical import assert_mc_equal, draw, factorised, mean_se, train_on_cyclic_corpus
+from tests.helpers.estimators import stratified_se
 from tests.helpers.nets import TinyNet, spec_of
 
 
@@ -193,13 +194,6 @@ def test_step_kl_matches_forward_chain_monte_carlo(K, n):
 
 
 # ---- the bound ------------------------------------------------------------------------------------------
-
-
-def stratified_se(v: torch.Tensor, strata: torch.Tensor) -> float:
-    """s.e. of mean(v) when the strata counts are fixed by design: sqrt(sum_j N_j s_j^2) / N."""
-    v = v.double()
-    var = sum(v[strata == j].var() * (strata == j).sum() for j in strata.unique())
-    return (var.sqrt() / v.numel()).item()
 
 
 @pytest.mark.parametrize("n, t_sampling", [(8, "iid"), (5, "stratified")])

@@ -10,6 +10,7 @@ from torch import nn
 
 from baselines.vdm import VDM, LinearGamma, alpha_sigma2, recon_nll
 from suite.data.base import DataSpec, bin_centres_from_index
+from tests.helpers.estimators import term_draws
 
 
 class TinyNet(nn.Module):
@@ -183,16 +184,6 @@ def test_n_step_diffusion_term_tends_to_continuous_time():
         assert gaps[1] < gaps[0] / 5 and gaps[2] < gaps[1] / 5 and gaps[2] < 0.05, (worst, mean)
 
 
-def _draws(fn, x, reps, seed):
-    """{term: (reps, B)} from one call on x repeated reps times, plus the total."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        terms = fn(x.repeat(reps, *([1] * (x.dim() - 1))), generator=g)
-    out = {k: v.double().reshape(reps, x.shape[0]) for k, v in terms.items()}
-    out["total"] = sum(out.values())
-    return out
-
-
 def test_single_step_estimator_equals_term_by_term_bound_in_expectation():
     """MATH.md s.9: E_i[(n/2) expm1(...) ||eps - eps_hat||^2] = sum_i 0.5 expm1(...) E||eps - eps_hat||^2, i ~ U{1..n}
     (n = 6): 6000 single-i draws against 600 term-by-term sums, per example, within 5 combined s.e.; the prior and
@@ -200,8 +191,8 @@ def test_single_step_estimator_equals_term_by_term_bound_in_expectation():
     shape, K = (3,), 16
     model = fixed_vdm(shape, K, net=TinyNet(shape, out_scale=2.0))
     x = bin_centres_from_index(torch.tensor([[0, 7, 15], [3, 3, 12]]), K)
-    single = _draws(lambda v, generator: model.bound_terms(v, 6, generator=generator), x, 6000, 3)
-    full = _draws(lambda v, generator: model.full_bound_terms(v, 6, generator=generator), x, 600, 4)
+    single = term_draws(lambda v, generator: model.bound_terms(v, 6, generator=generator), x, 6000, 3)
+    full = term_draws(lambda v, generator: model.full_bound_terms(v, 6, generator=generator), x, 600, 4)
     for part in ("total", "diffusion", "recon"):
         s, f = single[part], full[part]
         se = (s.var(0) / s.shape[0] + f.var(0) / f.shape[0]).sqrt()
