@@ -163,39 +163,92 @@ def test_nstep_loss_gradients_equal_autograd_through_the_definition(monkeypatch)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
 
 
-def _bin_mean_paths(mu, sigma, window=4):
-    fast = dgauss._poisson_rows(mu, sigma, K)
-    wide = ~fast & (sigma >= dgauss.BIN_MEAN_WIDE * 2.0 / K)
-    tiny = sigma <= (window - 1) * (2.0 / K) / 12.0
-    return fast, wide, tiny, ~fast & ~wide & ~tiny
+def _bin_mean_routes(mu, sigma, K_=K):
+    """The rows of each bin_mean route (suite/bfn/dgauss.py): Euler-Maclaurin ends, a window for narrow kernels,
+    a window for moderate kernels near an end, and mu + A (the aliasing's first term)."""
+    h = 2.0 / K_
+    s = sigma / h
+    near = (mu.abs() + dgauss.Z_FAR * sigma) > 1
+    em = s >= dgauss.S_EM
+    narrow = s < dgauss.S_WINDOW
+    near_window = near & ~em & ~narrow
+    return {"em": em, "narrow": narrow, "near": near_window, "alias": ~em & ~narrow & ~near}
 
 
-def test_bin_mean_paths_equal_the_direct_sum():
-    """k-hat = sum_k p(k) k_c and its derivatives (MATH.md s.4) on each of bin_mean's paths (k-hat = mu by Poisson
-    summation; end corrections by one-point Euler-Maclaurin; the window alone for sigma <= h/4; window +
-    Euler-Maclaurin tails), float64."""
-    g = torch.Generator().manual_seed(3)
-    n = 6000
+def _bin_mean_cases(n=6000, seed=3):
+    g = torch.Generator().manual_seed(seed)
     mu = torch.rand(n, generator=g, dtype=torch.float64) * 3 - 1.5
     sigma = 1e-3 * torch.exp(torch.rand(n, generator=g, dtype=torch.float64) * math.log(1e4))
-    paths = _bin_mean_paths(mu, sigma)
-    assert all(int(p.sum()) > 200 for p in paths)
+    return mu, sigma
+
+
+def _bin_mean_errors(mu, sigma, K_=K):
+    """|bin_mean - bin_mean_sum| for the value and both derivatives (autograd through the O(K) definition)."""
     m, s = mu.clone().requires_grad_(), sigma.clone().requires_grad_()
-    fast, direct = dgauss.bin_mean(m, s, K), dgauss.bin_mean_sum(m, s, K)
+    fast, direct = dgauss.bin_mean(m, s, K_), dgauss.bin_mean_sum(m, s, K_)
     gf = torch.autograd.grad(fast.sum(), [m, s])
     gd = torch.autograd.grad(direct.sum(), [m, s])
-    for sel in paths:
-        torch.testing.assert_close(fast[sel], direct[sel], rtol=0, atol=1e-8)
-        for a, b in zip(gf, gd, strict=True):
-            torch.testing.assert_close(a[sel], b[sel], rtol=0, atol=1e-6)
+    return (fast - direct).abs().detach(), *((a - b).abs() for a, b in zip(gf, gd, strict=True))
 
 
-def test_bin_mean_shortcut_bound_is_what_keeps_it_exact(monkeypatch):
-    """Negative control: with the bound's tolerance raised, k-hat = mu is used for means within one sigma of the
-    ends, where the clipped end bins move k-hat (MATH.md s.4), and it is wrong there."""
-    mu = torch.linspace(-1.3, 1.3, 500, dtype=torch.float64)
-    sigma = torch.full_like(mu, 0.1)
-    direct = dgauss.bin_mean_sum(mu, sigma, K)
-    torch.testing.assert_close(dgauss.bin_mean(mu, sigma, K), direct, rtol=0, atol=1e-8)
-    monkeypatch.setattr(dgauss, "BIN_MEAN_FAST_TOL", (1e300, 1e300))
-    assert (dgauss.bin_mean(mu, sigma, K) - direct).abs().max() > 1e-3
+def test_bin_mean_routes_equal_the_direct_sum():
+    """k-hat = sum_k p(k) k_c and its derivatives (MATH.md s.4) on each of bin_mean's routes, float64: within
+    BIN_MEAN_TOL (1e-9 values, 1e-8 derivatives) of autograd through the O(K) sum."""
+    mu, sigma = _bin_mean_cases()
+    routes = _bin_mean_routes(mu, sigma)
+    assert all(int(r.sum()) > 150 for r in routes.values()), {k: int(r.sum()) for k, r in routes.items()}
+    err_v, err_mu, err_sigma = _bin_mean_errors(mu, sigma)
+    tol_v, tol_g = dgauss.BIN_MEAN_TOL
+    for name, rows in routes.items():
+        assert float(err_v[rows].max()) < tol_v, name
+        assert float(err_mu[rows].max()) < tol_g, name
+        assert float(err_sigma[rows].max()) < tol_g, name
+
+
+def test_bin_mean_bounds_bound_what_they_leave_out():
+    """Each bound in dgauss against the quantity it bounds, computed directly, and below BIN_MEAN_TOL at the
+    thresholds bin_mean uses: the aliasing's terms m >= 2 (the Fourier series A, summed to m = 40), the edges
+    beyond a window (summed to 400 edges) and a far end's clipped edges."""
+    h = 2.0 / K
+    tol_v, tol_g = dgauss.BIN_MEAN_TOL
+    Phi = lambda z: 0.5 * math.erfc(-z / math.sqrt(2))  # noqa: E731
+    phi = lambda z: math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)  # noqa: E731
+    for s in (0.3, dgauss.S_WINDOW, 0.8, 1.2):
+        q = math.exp(-2 * math.pi**2 * s * s)
+        for u in (0.1, 0.37, 0.8):
+            rest = [
+                abs(sum(h / math.pi * q ** (m * m) * math.sin(2 * math.pi * m * u) / m for m in range(2, 40))),
+                abs(sum(2 * q ** (m * m) * math.cos(2 * math.pi * m * u) for m in range(2, 40))),
+                abs(sum(4 * math.pi * s * m * q ** (m * m) * math.sin(2 * math.pi * m * u) for m in range(2, 40))),
+            ]
+            assert all(r <= b for r, b in zip(rest, dgauss.alias_bound(s, h), strict=True))
+    assert all(b < t for b, t in zip(dgauss.alias_bound(dgauss.S_WINDOW, h), (tol_v, tol_g, tol_g), strict=True))
+    for s in (0.05, 0.3, 1.0, dgauss.S_EM):
+        for c in (1.5, 3.0, dgauss.WINDOW_Z):
+            z = [c + i / s for i in range(400)]  # one side's omitted edges, nearest first
+            rest = [h * 2 * sum(Phi(-w) for w in z), 2 / s * sum(phi(w) for w in z), 2 / s * sum(w * phi(w) for w in z)]
+            assert all(r <= b for r, b in zip(rest, dgauss.window_bound(c, s, h), strict=True))
+            if c == dgauss.WINDOW_Z:
+                assert all(b < t for b, t in zip(dgauss.window_bound(c, s, h), (tol_v, tol_g, tol_g), strict=True))
+    for s in (dgauss.S_WINDOW, 1.0, dgauss.S_EM, 50.0):
+        for z0 in (-1.0, -3.0, -dgauss.Z_FAR):
+            z = [z0 - i / s for i in range(20000)]
+            rest = [h * sum(Phi(w) for w in z), 1 / s * sum(phi(w) for w in z), 1 / s * sum(abs(w) * phi(w) for w in z)]
+            assert all(r <= b for r, b in zip(rest, dgauss.far_end_bound(z0, s, h), strict=True))
+    assert all(b < t for b, t in zip(dgauss.far_end_bound(-dgauss.Z_FAR, dgauss.S_EM, h), (tol_v, tol_g, tol_g), strict=True))
+
+
+@pytest.mark.parametrize(
+    "name, value, route",
+    [("S_WINDOW", 0.3, "alias"), ("Z_FAR", 2.0, "near"), ("WINDOW_Z", 2.0, "narrow")],
+)
+def test_bin_mean_thresholds_are_what_keep_it_exact(monkeypatch, name, value, route):
+    """Negative controls: with a threshold loosened past what its bound allows, bin_mean leaves out terms that
+    matter (MATH.md s.4): A's first term alone for sigma = 0.3 bins; ends 2 sigma away treated as far; windows
+    2 sigma wide. The error then exceeds BIN_MEAN_TOL by orders of magnitude on that route's rows."""
+    mu, sigma = _bin_mean_cases()
+    rows = _bin_mean_routes(mu, sigma)[route] if route != "alias" else (sigma / (2.0 / K) > 0.3) & (sigma / (2.0 / K) < 0.5)
+    assert float(_bin_mean_errors(mu, sigma)[0][rows].max()) < dgauss.BIN_MEAN_TOL[0]
+    monkeypatch.setattr(dgauss, name, value)
+    err = _bin_mean_errors(mu, sigma)
+    assert max(float(e[rows].max()) for e in err) > 1e3 * dgauss.BIN_MEAN_TOL[1]
