@@ -121,7 +121,7 @@ def test_bench_images(benchmark):
     variants = [
         ("bfn_continuous L^inf (continuous-data model)", "bfn_continuous", {}, None, 1.05),
         ("bfn_discretised L^inf (K=256)", "bfn_discretised", {}, None, 1.05),
-        ("bfn_discretised L^inf, k-hat := mu_x (not a loss: its floor)", "bfn_discretised", {}, None, nan,
+        ("bfn_discretised L^inf, k-hat := mu_x (floor, not a loss)", "bfn_discretised", {}, None, nan,
          _free_k_hat),
         ("bfn_discretised L^n n=10 (K=256, 1 y-sample, default)", "bfn_discretised", {}, 10, 1.5),
         ("bfn_discretised L^n n=10 (K=256, 10 y-samples, reference)", "bfn_discretised", {"n_y_samples": 10}, 10, nan),
