@@ -252,3 +252,25 @@ def test_bin_mean_thresholds_are_what_keep_it_exact(monkeypatch, name, value, ro
     monkeypatch.setattr(dgauss, name, value)
     err = _bin_mean_errors(mu, sigma)
     assert max(float(e[rows].max()) for e in err) > 1e3 * dgauss.BIN_MEAN_TOL[1]
+
+
+def test_bin_mean_edge_inputs(monkeypatch):
+    """No elements; broadcast mu and sigma (gradients reduced to each input's shape); and a kernel so wide (sigma =
+    1e5) that its lower end, exactly Z_FAR sigma away, still moves k-hat by ~1e-8 (the s_far rule: the far-end
+    bound grows with sigma), against the O(K) sum, with the rule switched off as a negative control."""
+    assert dgauss.bin_mean(torch.zeros(0), torch.ones(0), K).shape == (0,)
+    mu = torch.tensor([[0.1], [-0.7]], dtype=torch.float64, requires_grad=True)
+    sigma = torch.tensor([0.002, 0.05, 3.0], dtype=torch.float64, requires_grad=True)
+    fast = dgauss.bin_mean(mu, sigma, K)
+    direct = dgauss.bin_mean_sum(*torch.broadcast_tensors(mu, sigma), K)
+    torch.testing.assert_close(fast, direct, rtol=0, atol=1e-9)
+    gf, gd = (torch.autograd.grad(v.sum(), [mu, sigma]) for v in (fast, direct))
+    for a, b, like in zip(gf, gd, (mu, sigma), strict=True):
+        assert a.shape == like.shape
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-8)
+    wide_sigma = torch.tensor([1e5], dtype=torch.float64)
+    wide_mu = dgauss.Z_FAR * wide_sigma - 1.0  # the lower end's edge at z = -Z_FAR: not "near"
+    direct = dgauss.bin_mean_sum(wide_mu, wide_sigma, K)
+    assert float((dgauss.bin_mean(wide_mu, wide_sigma, K) - direct).abs()) < dgauss.BIN_MEAN_TOL[0]
+    monkeypatch.setattr(dgauss, "BIN_MEAN_TOL", (1.0, 1.0))  # s_far -> 1e11: the far end is dropped
+    assert float((dgauss.bin_mean(wide_mu, wide_sigma, K) - direct).abs()) > 5 * 1e-9

@@ -241,7 +241,7 @@ def _bin_mean_and_grads(mu: Tensor, sigma: Tensor, K: int) -> tuple[Tensor, Tens
     em = s >= S_EM
     ends = near & em
     s_far = (BIN_MEAN_TOL[0] / h - _Phi(-Z_FAR)) / _phi(Z_FAR)
-    if float(s.max()) > s_far:
+    if s.numel() and float(s.max()) > s_far:
         ends |= em & (s > s_far)
     end, row = ends.nonzero(as_tuple=True)
     if row.numel():
