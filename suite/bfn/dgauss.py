@@ -198,10 +198,11 @@ def _signs(like: Tensor, values: tuple[float, ...], shape: tuple[int, ...]) -> T
     return torch.tensor(values, dtype=like.dtype, device=like.device).view(shape)
 
 
-def _window_sum(mu: Tensor, sigma: Tensor, K: int, W: int) -> tuple[Tensor, Tensor, Tensor]:
-    """k-hat and its derivatives from the 2W edges nearest u = (mu + 1) / h (all K - 1 when 2W >= K - 1), the
-    window kept inside 1..K-1: edges below it count Phi = 0, edges above it Phi = 1 (`window_bound` with
-    c = W / s bounds the error). No mask is needed: near an end the window stops at the end's edge."""
+def _window_sum(mu: Tensor, sigma: Tensor, K: int, W: int) -> Tensor:
+    """(k-hat, d/dmu, d/dsigma), shaped (3, n), from the 2W edges nearest u = (mu + 1) / h (all K - 1 when
+    2W >= K - 1), the window kept inside 1..K-1: edges below it count Phi = 0, edges above it Phi = 1
+    (`window_bound` with c = W / s bounds the error). No mask is needed: near an end the window stops at the
+    end's edge."""
     h = 2.0 / K
     c1 = sigma.reciprocal() * (-h * _SQRT1_2)  # every edge as v_j = -z_j / sqrt(2) = c0 + j c1
     c0 = (1.0 + mu) * (_SQRT1_2 / sigma)
@@ -218,23 +219,28 @@ def _window_sum(mu: Tensor, sigma: Tensor, K: int, W: int) -> tuple[Tensor, Tens
     p = torch.mul(V, V).neg_().exp_()  # sqrt(2 pi) phi
     sum_p = p.sum(0)
     sum_vp = V.mul_(p).sum(0)  # -sqrt(pi) z phi
-    k_hat = (1.0 - h / 2) - h * ((0.5 * V.shape[0]) - 0.5 * one_minus_2Phi + above)
-    g = (h * _INV_SQRT_2PI) / sigma
-    return k_hat, g * sum_p, (g * -math.sqrt(2.0)) * sum_vp
+    res = mu.new_empty(3, mu.shape[0])
+    torch.mul(one_minus_2Phi, 0.5 * h, out=res[0]).sub_(h * (above + 0.5 * V.shape[0]) - (1.0 - h / 2))
+    g = sigma.reciprocal().mul_(h * _INV_SQRT_2PI)
+    torch.mul(sum_p, g, out=res[1])
+    torch.mul(sum_vp, g, out=res[2]).mul_(-math.sqrt(2.0))
+    return res
 
 
 @torch.no_grad()
-def _bin_mean_and_grads(mu: Tensor, sigma: Tensor, K: int) -> tuple[Tensor, Tensor, Tensor]:
-    """k-hat, d/dmu, d/dsigma for flat mu, sigma (the routes: see the note above BIN_MEAN_TOL)."""
+def _bin_mean_and_grads(mu: Tensor, sigma: Tensor, K: int) -> Tensor:
+    """(k-hat, d/dmu, d/dsigma) as the rows of a (3, N) tensor, for flat mu, sigma (the routes: see the note
+    above BIN_MEAN_TOL)."""
     h = 2.0 / K
     s = sigma * (1.0 / h)
+    out = mu.new_empty(3, mu.shape[0])
     # every element first as mu + A, A's first term
     theta = torch.add(mu, 1.0).mul_(1.0 / h).frac_().mul_(2.0 * math.pi)
     q = torch.mul(s, s).mul_(-2.0 * math.pi**2).clamp_(min=_EXP_MIN.get(mu.dtype, -87.0)).exp_()
     sin_q = torch.sin(theta).mul_(q)
-    k_hat = torch.add(mu, sin_q, alpha=h / math.pi)
-    d_mu = theta.cos_().mul_(q).mul_(2.0).add_(1.0)
-    d_sigma = sin_q.mul_(s).mul_(-4.0 * math.pi)
+    torch.add(mu, sin_q, alpha=h / math.pi, out=out[0])
+    torch.cos(theta, out=out[1]).mul_(q).mul_(2.0).add_(1.0)
+    torch.mul(sin_q, s, out=out[2]).mul_(-4.0 * math.pi)
     # the ends within Z_FAR sigma of mu (`far_end_bound` covers the others), by Euler-Maclaurin where s >= S_EM;
     # above s_far even a far end's h L would exceed the tolerance: then every end of those rows is summed
     near = torch.addcmul(sigma * Z_FAR, _signs(mu, (-1.0, 1.0), (2, 1)), mu) > 1.0  # (lower, upper) end near
@@ -244,26 +250,25 @@ def _bin_mean_and_grads(mu: Tensor, sigma: Tensor, K: int) -> tuple[Tensor, Tens
     if s.numel() and float(s.max()) > s_far:
         ends |= em & (s > s_far)
     end, row = ends.nonzero(as_tuple=True)
+    mu_sigma = torch.stack([mu, sigma])  # gathered together below
     if row.numel():
         sign = end.to(mu.dtype).mul_(2.0).sub_(1.0)  # -1 lower, +1 upper
-        sums = _end_sums(mu[row], sigma[row], s[row], sign)
+        m, sg = mu_sigma.index_select(1, row)
+        s_row = sg * (1.0 / h)
+        sums = _end_sums(m, sg, s_row, sign)
         sums[0::2].mul_(-sign)  # k-hat gains h (L - U); d/dsigma's z phi sum flips with z -> -z for U
-        acc = mu.new_zeros(3, 2, mu.shape[0])
-        acc[:, end, row] = sums
-        total = acc.sum(1)
-        k_hat.add_(total[0], alpha=h)
-        inv_s = s.reciprocal()
-        d_mu.addcmul_(total[1], inv_s, value=-1.0)
-        d_sigma.addcmul_(total[2], inv_s, value=-1.0)
+        sums[0].mul_(h)
+        sums[1:].div_(s_row).neg_()  # d/dmu and d/dsigma lose (1/s) sum phi and (1/s) sum z phi
+        out.index_add_(1, row, sums)  # an element with both ends near gets two columns
     # the rest, from windows of edges: narrow kernels, and moderate ones near an end
     near = near[0] | near[1]
     for rows in (s < S_WINDOW, near & ~em & (s >= S_WINDOW)):
         idx = rows.nonzero().squeeze(1)
         if idx.numel():
-            m, sg = mu[idx], sigma[idx]
+            m, sg = mu_sigma.index_select(1, idx)
             W = max(2, math.ceil(WINDOW_Z * float(sg.max()) / h))
-            k_hat[idx], d_mu[idx], d_sigma[idx] = _window_sum(m, sg, K, W)
-    return k_hat, d_mu, d_sigma
+            out.index_copy_(1, idx, _window_sum(m, sg, K, W))
+    return out
 
 
 class _BinMean(torch.autograd.Function):
