@@ -3,9 +3,8 @@
     python -m pytest tests/bench/test_bench_bfn.py -m bench -s
 
 For each BFN variant: the time of one training step (loss + backward) divided by the time of the bare
-network's forward + backward (a mean-square loss on its output) on the same batch. Both run in one process;
-each round, after warm-up, times every variant of a test (its bare pass, then its step), so the machine's slow
-spells land on all of them alike; the ratio is the median of the per-round ratios. The thread count and
+network's forward + backward (a mean-square loss on its output) on the same batch. Both run in one process,
+interleaved A B A B after warm-up; the ratio is the median of the per-round ratios. The thread count and
 allocator settings are printed with the table; ratios also land in pytest-benchmark's extra_info (JSON).
 Targets (issue 3): <= 1.05 for continuous-time losses, <= 1.5 for the n-step losses of discretised (K = 256)
 and discrete (K = 27) data; DESIGN.md adds <= 2 for K = 1024. Rows with target "-" are for information.
@@ -63,25 +62,20 @@ def _report():
     torch.set_num_threads(old)
 
 
-def _interleaved(pairs: dict) -> dict[str, tuple[float, float, float]]:
-    """Per variant: median bare time, median step time, median per-round ratio. Each round times every variant's
-    bare pass and then its step, so a slow spell of the machine lands on all variants alike."""
-    times = {name: ([], []) for name in pairs}
+def _interleaved(bare, step) -> tuple[float, float, float]:
+    """Median bare time, median step time, median per-round ratio; measured bare, step, bare, step, ..."""
+    t_bare, t_step = [], []
     for r in range(WARMUP + ROUNDS):
-        for name, (bare, step) in pairs.items():
-            t0 = time.perf_counter()
-            bare()
-            t1 = time.perf_counter()
-            step()
-            t2 = time.perf_counter()
-            if r >= WARMUP:
-                times[name][0].append(t1 - t0)
-                times[name][1].append(t2 - t1)
-    out = {}
-    for name, (t_bare, t_step) in times.items():
-        ratios = [s / b for b, s in zip(t_bare, t_step, strict=True)]
-        out[name] = statistics.median(t_bare), statistics.median(t_step), statistics.median(ratios)
-    return out
+        t0 = time.perf_counter()
+        bare()
+        t1 = time.perf_counter()
+        step()
+        t2 = time.perf_counter()
+        if r >= WARMUP:
+            t_bare.append(t1 - t0)
+            t_step.append(t2 - t1)
+    ratios = [s / b for b, s in zip(t_bare, t_step, strict=True)]
+    return statistics.median(t_bare), statistics.median(t_step), statistics.median(ratios)
 
 
 def _run(benchmark, label: str, spec: DataSpec, x: torch.Tensor, variants, net) -> None:
@@ -106,7 +100,7 @@ def _run(benchmark, label: str, spec: DataSpec, x: torch.Tensor, variants, net) 
 
         pairs[name] = (bare, step)
 
-    res = benchmark.pedantic(lambda: _interleaved(pairs), rounds=1, iterations=1)
+    res = benchmark.pedantic(lambda: {k: _interleaved(*v) for k, v in pairs.items()}, rounds=1, iterations=1)
     for name, _, _, _, target, *_ in variants:
         bare, step, ratio = res[name]
         RESULTS.append((f"{label}: {name}", 1e3 * bare, 1e3 * step, ratio, target))
