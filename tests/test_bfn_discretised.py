@@ -136,6 +136,32 @@ def _data(N, K, shape, g):
     return (2 * torch.randint(0, K, (N, *shape), generator=g) + 1).float() / K - 1
 
 
+def test_out_params_match_their_definition():
+    """(mu_x, sigma_x) (MATH.md s.4): mu_x = mu / gamma - sqrt((1 - gamma) / gamma) mu_eps, sigma_x =
+    sqrt((1 - gamma) / gamma) exp(ln sigma_eps) clamped to [1e-3, 10], against float64 from the raw network
+    outputs; exactly (0, 1) with no gradient into the network for t < t_min (t = 0 and t = t_min / 2)."""
+    K, shape = 16, (2, 3)
+    model = _model(K=K, shape=shape, t_min=1e-4)
+    with torch.no_grad():
+        model.net.out.bias[1].add_(-3.0)  # some ln sigma_x below the clamp's lower end
+    g = torch.Generator().manual_seed(5)
+    x, noise = _data(6, K, shape, g), torch.randn(6, *shape, generator=g)
+    t = torch.tensor([0.0, 5e-5, 0.01, 0.3, 0.7, 1.0], dtype=torch.float64)
+    mu = model.flow(x, t, noise)
+    mu_x, sigma_x = model.out_params(mu, t)
+    out = model.net(mu[..., None], t.float()).double()
+    gamma = model.bcast(model.schedule.gamma(t))
+    ratio = torch.sqrt((1 - gamma) / gamma)
+    want_mu = mu.double() / gamma - ratio * out[..., 0]
+    want_sigma = torch.clamp(ratio * out[..., 1].exp(), 1e-3, 10.0)
+    torch.testing.assert_close(mu_x[2:].double(), want_mu[2:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sigma_x[2:].double(), want_sigma[2:], rtol=1e-5, atol=1e-7)
+    assert bool((want_sigma[2:] == 1e-3).any())  # the clamp is exercised
+    assert bool((mu_x[:2] == 0).all()) and bool((sigma_x[:2] == 1).all())
+    grads = torch.autograd.grad((mu_x[:2].sum() + sigma_x[:2].sum()), list(model.net.parameters()), allow_unused=True)
+    assert all(gr is None or bool((gr == 0).all()) for gr in grads)
+
+
 def test_nstep_loss_matches_its_definition():
     """L^n sample = n [ln N(y | x, 1/alpha_i) - sum_d ln sum_k p_O(k) N(y | k_c, 1/alpha_i)] (MATH.md s.4), against
     scipy's CDF-difference probabilities and normal densities in float64 for the same theta and y."""

@@ -63,13 +63,15 @@ class DiscretisedBFN(GaussianFlowBFN):
         sigma_x = sqrt((1-gamma)/gamma) exp(ln sigma_eps) clamped to [1e-3, 10]; (0, 1) for t < t_min."""
         out = self.run_net(mu[..., None], t)
         mu_eps, log_sigma_eps = out[..., 0], out[..., 1]
-        inv_g, ratio, keep = self.coefficients(t)
-        mu_x = torch.where(keep, mu * inv_g - ratio * mu_eps, 0.0)
-        # clamp ln sigma_x, not sigma_x: exp of a large network output must not overflow into a NaN gradient
+        inv_g, ratio, keep = self.coefficients(t)  # per example; inv_g = ratio = 0 where t < t_min
+        mu_x = mu * inv_g - ratio * mu_eps  # 0 where t < t_min
+        # clamp ln sigma_x, not sigma_x: exp of a large network output must not overflow into a NaN gradient.
+        # Where t < t_min, ln ratio := 0 and ln sigma_eps is multiplied by 0, so sigma_x = 1 with no gradient;
+        # per-example factors instead of torch.where over every pixel (two fewer full passes each way)
         log_ratio = torch.where(ratio > 0, ratio, 1.0).log()
-        log_sigma = torch.clamp(log_ratio + log_sigma_eps, LOG_SIGMA_MIN, LOG_SIGMA_MAX)
-        sigma_x = torch.where(keep, log_sigma.exp(), 1.0)
-        return mu_x, sigma_x
+        log_sigma = torch.clamp(torch.addcmul(log_ratio, keep.to(log_sigma_eps.dtype), log_sigma_eps),
+                                LOG_SIGMA_MIN, LOG_SIGMA_MAX)  # fmt: skip
+        return mu_x, log_sigma.exp()
 
     def loss_cts(self, x: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
         """-ln(sigma1) sigma1^(-2t) ||x - k-hat||^2 (MATH.md s.4), k-hat in O(1) per pixel (dgauss.bin_mean)."""
