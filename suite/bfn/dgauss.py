@@ -117,14 +117,18 @@ def bin_mean_sum(mu: Tensor, sigma: Tensor, K: int) -> Tensor:
 # Each element takes one of three routes; every term a route leaves out has a bound below BIN_MEAN_TOL
 # (values, derivatives), checked in tests/test_bfn_receiver.py, except the Euler-Maclaurin remainder, which is
 # measured, not bounded (<= 1e-11 / 4e-9 at K = 256, 3e-9 / 1.4e-8 at K = 2 where h = 1; float64, tested):
-#   s >= S_EM      L and U by Euler-Maclaurin from their end points (4 correction terms); A's terms m >= 2 < 1e-34.
-#   s <  S_WINDOW, or an end within Z_FAR sigma and s < S_EM
+#   s >= S_EM      mu + h L - h U, L and U by Euler-Maclaurin from their end points (4 correction terms), for the
+#                  ends within Z_FAR sigma of mu (`far_end_bound` covers the others); A (`alias_bound`) < 1e-34.
+#   s < S_ALIAS, or an end within Z_FAR sigma (and s < S_EM)
 #                  the 2W edges nearest u summed directly, W >= WINDOW_Z s: every other edge lies WINDOW_Z
-#                  sigma or more away, so its Phi is 0 or 1 to within the bound `window_bound`.
-#   otherwise      mu + A with A's first term (`alias_bound`), both ends negligible (`far_end_bound`).
+#                  sigma or more away, so its Phi is 0 or 1 to within `window_bound`.
+#   otherwise      k-hat = mu, d/dmu = 1, d/dsigma = 0: A (`alias_bound`) and both ends (`far_end_bound`) are
+#                  negligible.
+# The windows come in two widths, for s < S_NARROW (W <= 4) and the rest (W <= 14).
 BIN_MEAN_TOL = (1e-9, 1e-8)
 S_EM = 2.0
-S_WINDOW = 4.0 / 7.0
+S_ALIAS = 1.05
+S_NARROW = 4.0 / 7.0
 Z_FAR = 7.0
 WINDOW_Z = 7.0
 
@@ -141,15 +145,12 @@ def _Phi(z: float) -> float:
 
 
 def alias_bound(s: float, h: float) -> tuple[float, float, float]:
-    """Bounds on A's terms m >= 2 (value, d/dmu, d/dsigma). For integers m >= 2, m^2 - 4 >= 5 (m - 2), so
-    q^(m^2) <= q^4 r^(m-2) with r = q^5, and the tails are geometric."""
+    """Bounds on A = (h / pi) sum_{m >= 1} q^(m^2) sin(2 pi m u) / m and its derivatives 2 sum q^(m^2) cos(.)
+    (d/dmu) and -4 pi s sum m q^(m^2) sin(.) (d/dsigma). For integers m >= 1, m^2 - 1 >= 3 (m - 1), so
+    q^(m^2) <= q r^(m-1) with r = q^3, and the sums are geometric."""
     q = math.exp(-2.0 * math.pi**2 * s * s)
-    r = q**5
-    return (
-        h / (2.0 * math.pi) * q**4 / (1.0 - r),
-        2.0 * q**4 / (1.0 - r),
-        4.0 * math.pi * s * q**4 * (2.0 / (1.0 - r) + r / (1.0 - r) ** 2),
-    )
+    r = q**3
+    return h / math.pi * q / (1.0 - r), 2.0 * q / (1.0 - r), 4.0 * math.pi * s * q / (1.0 - r) ** 2
 
 
 def window_bound(c: float, s: float, h: float) -> tuple[float, float, float]:
@@ -233,14 +234,10 @@ def _bin_mean_and_grads(mu: Tensor, sigma: Tensor, K: int) -> Tensor:
     above BIN_MEAN_TOL)."""
     h = 2.0 / K
     s = sigma * (1.0 / h)
-    out = mu.new_empty(3, mu.shape[0])
-    # every element first as mu + A, A's first term
-    theta = torch.add(mu, 1.0).mul_(1.0 / h).frac_().mul_(2.0 * math.pi)
-    q = torch.mul(s, s).mul_(-2.0 * math.pi**2).clamp_(min=_EXP_MIN.get(mu.dtype, -87.0)).exp_()
-    sin_q = torch.sin(theta).mul_(q)
-    torch.add(mu, sin_q, alpha=h / math.pi, out=out[0])
-    torch.cos(theta, out=out[1]).mul_(q).mul_(2.0).add_(1.0)
-    torch.mul(sin_q, s, out=out[2]).mul_(-4.0 * math.pi)
+    out = mu.new_empty(3, mu.shape[0])  # every element first as the infinite lattice's: k-hat = mu, 1, 0
+    out[0].copy_(mu)
+    out[1].fill_(1.0)
+    out[2].zero_()
     # the ends within Z_FAR sigma of mu (`far_end_bound` covers the others), by Euler-Maclaurin where s >= S_EM;
     # above s_far even a far end's h L would exceed the tolerance: then every end of those rows is summed
     near = torch.addcmul(sigma * Z_FAR, _signs(mu, (-1.0, 1.0), (2, 1)), mu) > 1.0  # (lower, upper) end near
@@ -260,9 +257,9 @@ def _bin_mean_and_grads(mu: Tensor, sigma: Tensor, K: int) -> Tensor:
         sums[0].mul_(h)
         sums[1:].div_(s_row).neg_()  # d/dmu and d/dsigma lose (1/s) sum phi and (1/s) sum z phi
         out.index_add_(1, row, sums)  # an element with both ends near gets two columns
-    # the rest, from windows of edges: narrow kernels, and moderate ones near an end
-    near = near[0] | near[1]
-    for rows in (s < S_WINDOW, near & ~em & (s >= S_WINDOW)):
+    # windows of edges where the lattice's aliasing matters (s < S_ALIAS) or an end is near (and s < S_EM)
+    window = (near[0] | near[1] | (s < S_ALIAS)) & ~em
+    for rows in (s < S_NARROW, window & (s >= S_NARROW)):
         idx = rows.nonzero().squeeze(1)
         if idx.numel():
             m, sg = mu_sigma.index_select(1, idx)
@@ -289,11 +286,11 @@ def bin_mean(mu: Tensor, sigma: Tensor, K: int) -> Tensor:
     """k_hat = sum_k p(k) k_c in O(1) per element (MATH.md s.4), differentiable in mu, sigma.
 
     Each element takes the cheapest of three exact routes (the note above `BIN_MEAN_TOL`): the infinite
-    lattice's mean mu plus its aliasing, with the clipped end bins by Euler-Maclaurin where sigma >= 2 bins;
-    or a window of the edges nearest mu. Derivatives in closed form. Agrees with `bin_mean_sum` within
-    BIN_MEAN_TOL at K = 256 (tested route by route) and to 1e-8 (values) / 1e-6 (gradients) for K = 2..256, in
-    float64. This is what makes the continuous-time discretised loss cost one network pass rather than K CDFs
-    per pixel.
+    lattice's mean mu, with the clipped end bins by Euler-Maclaurin where sigma >= 2 bins; a window of the
+    edges nearest mu; or mu alone where neither the lattice's aliasing nor the ends matter. Derivatives in
+    closed form. Agrees with `bin_mean_sum` within BIN_MEAN_TOL at K = 256 (tested route by route) and to 1e-8
+    (values) / 1e-6 (gradients) for K = 2..256, in float64. This is what makes the continuous-time discretised
+    loss cost one network pass rather than K CDFs per pixel.
     """
     if mu.shape != sigma.shape:
         mu, sigma = torch.broadcast_tensors(mu, sigma)
