@@ -133,8 +133,7 @@ def test_bench_images(benchmark):
 def test_bench_images_batch128(benchmark):
     """The discretised rows again at batch 128, for information: the BFN-side work has a fixed part (a hundred
     or so element-wise passes over tensors below torch's intra-op grain of 32768 elements, so on one
-    thread while the network runs on all of them, on caches the network has just flushed) that a larger batch
-    amortises."""
+    thread while the network runs on all of them) that a larger batch amortises."""
     K, nan = 256, float("nan")
     spec = DataSpec("mnist_like", "discretised", (1, 28, 28), K)
     x = (2 * torch.randint(0, K, (128, 1, 28, 28)) + 1).float() / K - 1
