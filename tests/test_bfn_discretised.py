@@ -18,6 +18,7 @@ from tests.helpers.bfn import (
     assert_loss_float32_under_autocast,
     assert_nstep_tends_to_cts,
 )
+from tests.helpers.dgauss import BACKENDS, use_backend
 
 CASES = [(-0.3, 0.05), (0.97, 0.2), (-1.4, 0.5), (0.0, 10.0), (0.51, 1e-3), (2.5, 0.01)]
 
@@ -61,11 +62,13 @@ def test_bin_probs_match_monte_carlo_histogram_of_clipped_gaussian(K):
             assert bool(((counts - N * p).abs() <= 5 * sd + 1).all()), (mu, sigma)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("K", [2, 3, 16, 256])
-def test_bin_mean_equals_the_direct_sum(K):
+def test_bin_mean_equals_the_direct_sum(monkeypatch, K, backend):
     """k-hat = sum_k p(k) k_c (MATH.md s.4): bin_mean's O(1) routes equal the O(K) sum, values to 1e-8 and
     gradients to 5e-8 in float64 (the Euler-Maclaurin remainder at K = 2, where h = 1, is the largest: 2.9e-9
-    and 1.3e-8), over sigma in [1e-3, 10]."""
+    and 1.3e-8), over sigma in [1e-3, 10]; for the torch routes and the compiled CPU kernel alike."""
+    use_backend(monkeypatch, backend)
     g = torch.Generator().manual_seed(1)
     n = 4000
     mu = (torch.rand(n, generator=g, dtype=torch.float64) * 3 - 1.5).requires_grad_()

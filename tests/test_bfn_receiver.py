@@ -18,6 +18,7 @@ from suite.bfn.discretised import DiscretisedBFN
 from suite.bfn.mixture import ANALYTIC, FULL, WINDOW, mixture_lse, mixture_lse_fixed, mixture_lse_reference
 from suite.bfn.testing import TinyNet
 from suite.data.base import DataSpec
+from tests.helpers.dgauss import BACKENDS, bin_mean_cases, bin_mean_errors, use_backend
 
 K = 256
 
@@ -175,29 +176,15 @@ def _bin_mean_routes(mu, sigma, K_=K):
     return {"em": em, "narrow": narrow, "window": window, "mu": ~em & ~narrow & ~window}
 
 
-def _bin_mean_cases(n=6000, seed=3):
-    g = torch.Generator().manual_seed(seed)
-    mu = torch.rand(n, generator=g, dtype=torch.float64) * 3 - 1.5
-    sigma = 1e-3 * torch.exp(torch.rand(n, generator=g, dtype=torch.float64) * math.log(1e4))
-    return mu, sigma
-
-
-def _bin_mean_errors(mu, sigma, K_=K):
-    """|bin_mean - bin_mean_sum| for the value and both derivatives (autograd through the O(K) definition)."""
-    m, s = mu.clone().requires_grad_(), sigma.clone().requires_grad_()
-    fast, direct = dgauss.bin_mean(m, s, K_), dgauss.bin_mean_sum(m, s, K_)
-    gf = torch.autograd.grad(fast.sum(), [m, s])
-    gd = torch.autograd.grad(direct.sum(), [m, s])
-    return (fast - direct).abs().detach(), *((a - b).abs() for a, b in zip(gf, gd, strict=True))
-
-
-def test_bin_mean_routes_equal_the_direct_sum():
+def test_bin_mean_routes_equal_the_direct_sum(monkeypatch):
     """k-hat = sum_k p(k) k_c and its derivatives (MATH.md s.4) on each of bin_mean's routes, float64: within
-    BIN_MEAN_TOL (1e-9 values, 1e-8 derivatives) of autograd through the O(K) sum."""
-    mu, sigma = _bin_mean_cases()
+    BIN_MEAN_TOL (1e-9 values, 1e-8 derivatives) of autograd through the O(K) sum. The torch routes (every
+    device; tests/test_bfn_dgauss_cpu.py has the CPU kernel's)."""
+    use_backend(monkeypatch, "torch")
+    mu, sigma = bin_mean_cases()
     routes = _bin_mean_routes(mu, sigma)
     assert all(int(r.sum()) > 150 for r in routes.values()), {k: int(r.sum()) for k, r in routes.items()}
-    err_v, err_mu, err_sigma = _bin_mean_errors(mu, sigma)
+    err_v, err_mu, err_sigma = bin_mean_errors(mu, sigma, K)
     tol_v, tol_g = dgauss.BIN_MEAN_TOL
     for name, rows in routes.items():
         assert float(err_v[rows].max()) < tol_v, name
@@ -213,7 +200,7 @@ def test_bin_mean_bounds_bound_what_they_leave_out():
     tol_v, tol_g = dgauss.BIN_MEAN_TOL
     Phi = lambda z: 0.5 * math.erfc(-z / math.sqrt(2))  # noqa: E731
     phi = lambda z: math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)  # noqa: E731
-    for s in (0.6, 0.8, dgauss.S_ALIAS, 1.5):
+    for s in (0.25, 0.4, 0.6, 0.8, dgauss.S_ALIAS, 1.5):
         q = math.exp(-2 * math.pi**2 * s * s)
         for u in (0.1, 0.37, 0.8):
             A = [
@@ -222,6 +209,13 @@ def test_bin_mean_bounds_bound_what_they_leave_out():
                 abs(sum(4 * math.pi * s * m * q ** (m * m) * math.sin(2 * math.pi * m * u) for m in range(1, 40))),
             ]
             assert all(a <= b for a, b in zip(A, dgauss.alias_bound(s, h), strict=True))
+            for M in (1, 2, 5):  # the terms after the first M (what a truncated series leaves out)
+                tail = [
+                    abs(sum(h / math.pi * q ** (m * m) * math.sin(2 * math.pi * m * u) / m for m in range(M + 1, 40))),
+                    abs(sum(2 * q ** (m * m) * math.cos(2 * math.pi * m * u) for m in range(M + 1, 40))),
+                    abs(sum(4 * math.pi * s * m * q ** (m * m) * math.sin(2 * math.pi * m * u) for m in range(M + 1, 40))),
+                ]  # fmt: skip
+                assert all(a <= b for a, b in zip(tail, dgauss.alias_bound(s, h, M), strict=True))
     assert all(b < t for b, t in zip(dgauss.alias_bound(dgauss.S_ALIAS, h), (tol_v, tol_g, tol_g), strict=True))
     for s in (0.05, 0.3, 1.0, dgauss.S_EM):
         for c in (1.5, 3.0, dgauss.WINDOW_Z):
@@ -245,19 +239,22 @@ def test_bin_mean_thresholds_are_what_keep_it_exact(monkeypatch, name, value, ro
     """Negative controls: with a threshold loosened past what its bound allows, bin_mean leaves out terms that
     matter (MATH.md s.4): k-hat = mu for kernels 0.6 bins wide, where the lattice's aliasing is ~1e-3 of a bin;
     ends 2 sigma away treated as far; windows 2 sigma wide. The error then exceeds BIN_MEAN_TOL by orders of
-    magnitude on that route's rows."""
-    mu, sigma = _bin_mean_cases()
+    magnitude on that route's rows. The torch routes (tests/test_bfn_dgauss_cpu.py has the CPU kernel's)."""
+    use_backend(monkeypatch, "torch")
+    mu, sigma = bin_mean_cases()
     rows = _bin_mean_routes(mu, sigma)[route]
-    assert max(float(e[rows].max()) for e in _bin_mean_errors(mu, sigma)) < dgauss.BIN_MEAN_TOL[1]
+    assert max(float(e[rows].max()) for e in bin_mean_errors(mu, sigma, K)) < dgauss.BIN_MEAN_TOL[1]
     monkeypatch.setattr(dgauss, name, value)
-    err = _bin_mean_errors(mu, sigma)
+    err = bin_mean_errors(mu, sigma, K)
     assert max(float(e[rows].max()) for e in err) > 1e3 * dgauss.BIN_MEAN_TOL[1]
 
 
-def test_bin_mean_edge_inputs(monkeypatch):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bin_mean_edge_inputs(monkeypatch, backend):
     """No elements; broadcast mu and sigma (gradients reduced to each input's shape); and a kernel so wide (sigma =
     1e5) that its lower end, exactly Z_FAR sigma away, still moves k-hat by ~1e-8 (the s_far rule: the far-end
     bound grows with sigma), against the O(K) sum, with the rule switched off as a negative control."""
+    use_backend(monkeypatch, backend)
     assert dgauss.bin_mean(torch.zeros(0), torch.ones(0), K).shape == (0,)
     mu = torch.tensor([[0.1], [-0.7]], dtype=torch.float64, requires_grad=True)
     sigma = torch.tensor([0.002, 0.05, 3.0], dtype=torch.float64, requires_grad=True)

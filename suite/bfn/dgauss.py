@@ -14,6 +14,8 @@ import math
 
 import torch
 
+from suite.bfn import dgauss_cpu
+
 Tensor = torch.Tensor
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -144,13 +146,18 @@ def _Phi(z: float) -> float:
     return 0.5 * math.erfc(-z / math.sqrt(2.0))
 
 
-def alias_bound(s: float, h: float) -> tuple[float, float, float]:
-    """Bounds on A = (h / pi) sum_{m >= 1} q^(m^2) sin(2 pi m u) / m and its derivatives 2 sum q^(m^2) cos(.)
-    (d/dmu) and -4 pi s sum m q^(m^2) sin(.) (d/dsigma). For integers m >= 1, m^2 - 1 >= 3 (m - 1), so
-    q^(m^2) <= q r^(m-1) with r = q^3, and the sums are geometric."""
+def alias_bound(s: float, h: float, M: int = 0) -> tuple[float, float, float]:
+    """Bounds on the terms m > M of A = (h / pi) sum_{m >= 1} q^(m^2) sin(2 pi m u) / m and of its derivatives
+    2 sum q^(m^2) cos(.) (d/dmu) and -4 pi s sum m q^(m^2) sin(.) (d/dsigma); M = 0 bounds the whole series.
+    For m >= M + 1, m^2 - (M + 1)^2 >= (2M + 3)(m - M - 1), so q^(m^2) <= q^((M+1)^2) r^(m-M-1) with
+    r = q^(2M+3), and the sums are geometric (sum (M + 1 + k) r^k = (M + 1) / (1 - r) + r / (1 - r)^2)."""
     q = math.exp(-2.0 * math.pi**2 * s * s)
-    r = q**3
-    return h / math.pi * q / (1.0 - r), 2.0 * q / (1.0 - r), 4.0 * math.pi * s * q / (1.0 - r) ** 2
+    lead, r = q ** ((M + 1) ** 2), q ** (2 * M + 3)
+    return (
+        h / math.pi * lead / ((M + 1) * (1.0 - r)),
+        2.0 * lead / (1.0 - r),
+        4.0 * math.pi * s * lead * ((M + 1) / (1.0 - r) + r / (1.0 - r) ** 2),
+    )
 
 
 def window_bound(c: float, s: float, h: float) -> tuple[float, float, float]:
@@ -243,7 +250,7 @@ def _bin_mean_and_grads(mu: Tensor, sigma: Tensor, K: int) -> Tensor:
     near = torch.addcmul(sigma * Z_FAR, _signs(mu, (-1.0, 1.0), (2, 1)), mu) > 1.0  # (lower, upper) end near
     em = s >= S_EM
     ends = near & em
-    s_far = (BIN_MEAN_TOL[0] / h - _Phi(-Z_FAR)) / _phi(Z_FAR)
+    s_far = _s_far(K)
     if s.numel() and float(s.max()) > s_far:
         ends |= em & (s > s_far)
     end, row = ends.nonzero(as_tuple=True)
@@ -268,11 +275,27 @@ def _bin_mean_and_grads(mu: Tensor, sigma: Tensor, K: int) -> Tensor:
     return out
 
 
+def _s_far(K: int) -> float:
+    """Above s = sigma / h = s_far, even an end Z_FAR sigma away moves k-hat by more than BIN_MEAN_TOL (h L grows
+    like h s phi(Z_FAR)): then both ends are summed whatever their distance."""
+    h = 2.0 / K
+    return (BIN_MEAN_TOL[0] / h - _Phi(-Z_FAR)) / _phi(Z_FAR)
+
+
+def cpu_kernel_params(K: int) -> tuple[float, ...]:
+    """The thresholds dgauss_cpu's kernel reads, at call time (so tests can move them)."""
+    return (dgauss_cpu.S_FOURIER, S_ALIAS, S_EM, Z_FAR, WINDOW_Z, _s_far(K), dgauss_cpu.FOURIER_EPS)
+
+
 class _BinMean(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mu, sigma, K):
         with torch.autocast(mu.device.type, enabled=False):  # float32 throughout
-            k_hat, d_mu, d_sigma = _bin_mean_and_grads(mu.reshape(-1), sigma.reshape(-1), K)
+            if dgauss_cpu.enabled(mu):  # one compiled pass on CPU (same sums, fewer passes)
+                k_hat, d_mu, d_sigma = dgauss_cpu.bin_mean_and_grads(mu.reshape(-1), sigma.reshape(-1), K,
+                                                                     cpu_kernel_params(K))  # fmt: skip
+            else:
+                k_hat, d_mu, d_sigma = _bin_mean_and_grads(mu.reshape(-1), sigma.reshape(-1), K)
         ctx.save_for_backward(d_mu.view(mu.shape), d_sigma.view(mu.shape))
         return k_hat.view(mu.shape)
 
@@ -285,7 +308,8 @@ class _BinMean(torch.autograd.Function):
 def bin_mean(mu: Tensor, sigma: Tensor, K: int) -> Tensor:
     """k_hat = sum_k p(k) k_c in O(1) per element (MATH.md s.4), differentiable in mu, sigma.
 
-    Each element takes the cheapest of three exact routes (the note above `BIN_MEAN_TOL`): the infinite
+    On CPU (float32 / float64, numba installed) one compiled pass computes it (`dgauss_cpu`); elsewhere each
+    element takes the cheapest of three exact torch routes (the note above `BIN_MEAN_TOL`): the infinite
     lattice's mean mu, with the clipped end bins by Euler-Maclaurin where sigma >= 2 bins; a window of the
     edges nearest mu; or mu alone where neither the lattice's aliasing nor the ends matter. Derivatives in
     closed form. Agrees with `bin_mean_sum` within BIN_MEAN_TOL at K = 256 (tested route by route) and to 1e-8

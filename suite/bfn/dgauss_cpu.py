@@ -1,0 +1,193 @@
+"""k-hat = sum_k p(k) k_c and its two derivatives on CPU in one compiled pass (numba; MATH.md s.4).
+
+`dgauss.bin_mean` calls `bin_mean_and_grads` here for float32 / float64 CPU tensors when numba is installed
+(and `BFNBENCH_NUMBA` is not 0); elsewhere it runs the same sums as a few dozen torch passes. The torch
+routes cost little arithmetic but many passes over the data, each with its own dispatch; on CPU one loop that
+reads (mu, sigma) once and writes (k-hat, d/dmu, d/dsigma) once does the same work in fewer transcendental
+calls per element. Both are exact to dgauss.BIN_MEAN_TOL against the O(K) sum (tests/test_bfn_dgauss_cpu.py).
+
+Per element, in lattice units u = (mu + 1) / h, s = sigma / h (h = 2 / K), from
+    k-hat = mu + A + h L - h U          (dgauss: A the infinite lattice's aliasing, L / U the clipped ends)
+  s < S_FOURIER    the edges within WINDOW_Z sigma of mu, summed directly (at most 2 WINDOW_Z S_FOURIER + 1 = 4);
+                   every other edge has Phi = 0 or 1 to within `dgauss.window_bound`.
+  otherwise        mu + A + h L - h U, where
+                   A by its Fourier series (h / pi) sum_m q^(m^2) sin(2 pi m u) / m, q = exp(-2 pi^2 s^2),
+                     summed while q^(m^2) > FOURIER_EPS (at most 6 terms for s >= S_FOURIER; `dgauss.alias_bound`
+                     with M terms bounds the rest), and left out for s >= S_ALIAS (`dgauss.alias_bound`);
+                   L, U for each end within Z_FAR sigma (every end when s > s_far, as in dgauss): for s >= S_EM
+                     by one-point Euler-Maclaurin (dgauss._end_sums' formulas), below it by the virtual edges
+                     beyond that end within WINDOW_Z sigma (`dgauss.window_bound`), those past it counting 1.
+Everything is computed in float64, whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+try:
+    import numba
+except ImportError:  # the torch routes in dgauss run instead
+    numba = None
+
+AVAILABLE = numba is not None
+S_FOURIER = 0.25
+FOURIER_EPS = 1e-17
+MIN_CHUNK = 4096  # elements per thread; below 2 * MIN_CHUNK one thread does it all
+
+_SQRT1_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_C1, _C2, _C3, _C4 = 1.0 / 12.0, -1.0 / 720.0, 1.0 / 30240.0, -1.0 / 1209600.0  # B_2m / (2m)!, m = 1..4
+
+
+def _njit(fn):
+    return numba.njit(nogil=True, cache=True)(fn) if AVAILABLE else fn
+
+
+@_njit
+def _end_em(z0, s):
+    """Sums of Phi, phi, z phi over z_0 - i / s, i >= 0 (one end's clipped edges) by one-point Euler-Maclaurin:
+    s int_{-inf}^{z0} f + f(z0) / 2 + sum_m c_m s^(1-2m) f^(2m-1)(z0), the derivatives by Hermite polynomials
+    (dgauss._end_sums has the derivation)."""
+    Z = max(z0, -12.0)
+    P = 0.5 * math.erfc(-Z * _SQRT1_2)
+    p = math.exp(-0.5 * Z * Z) * _INV_SQRT_2PI
+    h2 = Z * Z - 1.0
+    h3 = Z * h2 - 2.0 * Z
+    h4 = Z * h3 - 3.0 * h2
+    h5 = Z * h4 - 4.0 * h3
+    h6 = Z * h5 - 5.0 * h4
+    h7 = Z * h6 - 6.0 * h5
+    h8 = Z * h7 - 7.0 * h6
+    v = 1.0 / (s * s)
+    a0 = ((_C4 * h6 * v + _C3 * h4) * v + _C2 * h2) * v + _C1
+    a1 = ((_C4 * h7 * v + _C3 * h5) * v + _C2 * h3) * v + _C1 * Z
+    a2 = ((_C4 * h8 * v + _C3 * h6) * v + _C2 * h4) * v + _C1 * h2
+    f = p / s
+    return a0 * f + s * (Z * P + p) + 0.5 * P, s * P + 0.5 * p - a1 * f, 0.5 * Z * p - s * p - a2 * f
+
+
+@_njit
+def _end_direct(z0, s, W):
+    """The same sums term by term: z_i = z0 - i / s > W count Phi = 1 (phi = 0), z_i < -W are left out."""
+    inv = 1.0 / s
+    i0 = math.ceil((z0 - W) * s) if z0 > W else 0.0
+    sP, sp, szp = i0, 0.0, 0.0
+    z = z0 - i0 * inv
+    while z >= -W:
+        sP += 0.5 * math.erfc(-z * _SQRT1_2)
+        e = math.exp(-0.5 * z * z)
+        sp += e
+        szp += z * e
+        z -= inv
+    return sP, sp * _INV_SQRT_2PI, szp * _INV_SQRT_2PI
+
+
+@_njit
+def _kernel(mu, sigma, K, out, prm, start, stop):
+    """out[:, i] = (k-hat, d/dmu, d/dsigma) for i in [start, stop); prm = (S_FOURIER, S_ALIAS, S_EM, Z_FAR,
+    WINDOW_Z, s_far, FOURIER_EPS), passed in so the thresholds are read at call time."""
+    s_fourier, s_alias, s_em, z_far, W, s_far, f_eps = prm[0], prm[1], prm[2], prm[3], prm[4], prm[5], prm[6]
+    h = 2.0 / K
+    for i in range(start, stop):
+        m = float(mu[i])
+        sg = float(sigma[i])
+        s = sg / h
+        inv = 1.0 / s
+        u = (m + 1.0) / h
+        if s < s_fourier:  # edges 1..K-1 within W sigma of mu; those above the window count Phi = 1
+            j_lo = max(1.0, math.ceil(u - W * s))
+            j_hi = min(K - 1.0, math.floor(u + W * s))
+            sP = K - 1.0 - min(max(j_hi, 0.0), K - 1.0)
+            sp, szp = 0.0, 0.0
+            j = j_lo
+            while j <= j_hi:
+                z = (j - u) * inv
+                sP += 0.5 * math.erfc(-z * _SQRT1_2)
+                e = math.exp(-0.5 * z * z)
+                sp += e
+                szp += z * e
+                j += 1.0
+            out[0, i] = 1.0 - 0.5 * h - h * sP
+            out[1, i] = sp * _INV_SQRT_2PI * inv
+            out[2, i] = szp * _INV_SQRT_2PI * inv
+            continue
+        k, d_mu, d_sigma = m, 1.0, 0.0
+        if s < s_alias:  # A, dA/dmu = 2 sum q^(m^2) cos(2 pi m u), dA/dsigma = -4 pi s sum m q^(m^2) sin(.)
+            q = math.exp(-2.0 * math.pi * math.pi * s * s)
+            x = 2.0 * math.pi * u
+            c1 = math.cos(x)
+            sin_prev, cos_prev, sin_m, cos_m = 0.0, 1.0, math.sin(x), c1
+            qm, ratio, q2 = q, q * q * q, q * q  # q^(m^2) and q^(2m+1): q^((m+1)^2) = q^(m^2) q^(2m+1)
+            A, dA, sA, mm = 0.0, 0.0, 0.0, 1.0
+            while qm > f_eps:
+                A += qm * sin_m / mm
+                dA += qm * cos_m
+                sA += mm * qm * sin_m
+                sin_next = 2.0 * c1 * sin_m - sin_prev  # Chebyshev: sin / cos of (m+1) x from m x and (m-1) x
+                cos_next = 2.0 * c1 * cos_m - cos_prev
+                sin_prev, cos_prev, sin_m, cos_m = sin_m, cos_m, sin_next, cos_next
+                qm *= ratio
+                ratio *= q2
+                mm += 1.0
+            k += h / math.pi * A
+            d_mu += 2.0 * dA
+            d_sigma -= 4.0 * math.pi * s * sA
+        for sign in (-1.0, 1.0):  # the lower end's edge at z0 = (-1 - mu) / sigma, the upper's (in -z) at (mu - 1) / sigma
+            z0 = (sign * m - 1.0) / sg
+            if z0 <= -z_far and s <= s_far:
+                continue
+            if s >= s_em:
+                L0, L1, L2 = _end_em(z0, s)
+            else:
+                L0, L1, L2 = _end_direct(z0, s, W)
+            k -= sign * h * L0  # + h L for the lower end, - h U for the upper
+            d_mu -= L1 * inv
+            d_sigma += sign * L2 * inv
+        out[0, i] = k
+        out[1, i] = d_mu
+        out[2, i] = d_sigma
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None or _POOL._max_workers < n:
+        _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="bfnbench-khat")
+    return _POOL
+
+
+def enabled(mu: torch.Tensor) -> bool:
+    """Whether bin_mean takes this path for mu: numba installed, BFNBENCH_NUMBA not 0, a float32 / float64 CPU
+    tensor."""
+    return (
+        AVAILABLE
+        and mu.device.type == "cpu"
+        and mu.dtype in (torch.float32, torch.float64)
+        and os.environ.get("BFNBENCH_NUMBA", "1") != "0"
+    )
+
+
+def bin_mean_and_grads(mu: torch.Tensor, sigma: torch.Tensor, K: int, params: tuple[float, ...]) -> torch.Tensor:
+    """(k-hat, d/dmu, d/dsigma) as a (3, N) tensor of mu's dtype, for flat contiguous CPU mu, sigma. Splits the
+    elements over torch's intra-op threads when there are at least 2 * MIN_CHUNK of them."""
+    if not AVAILABLE:
+        raise RuntimeError("dgauss_cpu needs numba: pip install numba, or set BFNBENCH_NUMBA=0 for the torch routes")
+    n = mu.shape[0]
+    out = torch.empty(3, n, dtype=mu.dtype)
+    args = (mu.detach().numpy(), sigma.detach().numpy(), K, out.numpy(), np.asarray(params, dtype=np.float64))
+    threads = min(torch.get_num_threads(), n // MIN_CHUNK)
+    if threads <= 1:
+        _kernel(*args, 0, n)
+        return out
+    bounds = [n * c // threads for c in range(threads + 1)]
+    jobs = [_pool(threads).submit(_kernel, *args, a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    for job in jobs:
+        job.result()
+    return out

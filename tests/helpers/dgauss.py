@@ -1,0 +1,34 @@
+"""Shared inputs and error measure for the k-hat tests (dgauss.bin_mean, both of its backends)."""
+
+import math
+
+import torch
+
+import suite.bfn.dgauss as dgauss
+
+
+def bin_mean_cases(n=6000, seed=3):
+    """Means in [-1.5, 1.5] (beyond both ends too), sigma log-uniform in [1e-3, 10], float64."""
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.rand(n, generator=g, dtype=torch.float64) * 3 - 1.5
+    sigma = 1e-3 * torch.exp(torch.rand(n, generator=g, dtype=torch.float64) * math.log(1e4))
+    return mu, sigma
+
+
+def bin_mean_errors(mu, sigma, K):
+    """|bin_mean - bin_mean_sum| for the value and both derivatives (autograd through the O(K) definition)."""
+    m, s = mu.clone().requires_grad_(), sigma.clone().requires_grad_()
+    fast, direct = dgauss.bin_mean(m, s, K), dgauss.bin_mean_sum(m, s, K)
+    gf = torch.autograd.grad(fast.sum(), [m, s])
+    gd = torch.autograd.grad(direct.sum(), [m, s])
+    return (fast - direct).abs().detach(), *((a - b).abs() for a, b in zip(gf, gd, strict=True))
+
+
+BACKENDS = ["torch", "numba"]
+
+
+def use_backend(monkeypatch, backend: str) -> None:
+    """bin_mean's torch routes (every device; BFNBENCH_NUMBA=0) or the compiled CPU kernel (dgauss_cpu)."""
+    monkeypatch.setenv("BFNBENCH_NUMBA", "0" if backend == "torch" else "1")
+    probe = torch.zeros(1)
+    assert dgauss.dgauss_cpu.enabled(probe) == (backend == "numba")
