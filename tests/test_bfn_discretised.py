@@ -8,8 +8,8 @@ import pytest
 import torch
 from scipy import stats
 
-from suite.bfn import dgauss
-from suite.bfn.discretised import DiscretisedBFN
+from suite.bfn import dgauss, dgauss_cpu
+from suite.bfn.discretised import LOG_SIGMA_MAX, LOG_SIGMA_MIN, DiscretisedBFN
 from suite.bfn.mixture import mixture_lse, mixture_lse_reference
 from suite.bfn.testing import TinyNet
 from suite.data.base import DataSpec
@@ -164,6 +164,62 @@ def test_out_params_match_their_definition():
     assert bool((mu_x[:2] == 0).all()) and bool((sigma_x[:2] == 1).all())
     grads = torch.autograd.grad((mu_x[:2].sum() + sigma_x[:2].sum()), list(model.net.parameters()), allow_unused=True)
     assert all(gr is None or bool((gr == 0).all()) for gr in grads)
+
+
+def test_fused_cpu_term_equals_out_params_and_the_direct_sum():
+    """The compiled L^inf term (dgauss_cpu.k_hat_squared_error; MATH.md s.4): (x - k-hat(mu_x, sigma_x))^2 with
+    mu_x = mu / gamma - ratio mu_eps and ln sigma_x = clamp(ln ratio + keep ln sigma_eps, ln 1e-3, ln 10), and
+    its gradient in (mu_eps, ln sigma_eps), against autograd through the same formulas and the O(K) sum in
+    float64: rows at t < t_min (keep = 0), and ln sigma_x below, inside and above the clamp. The tolerances are
+    bin_mean's (BIN_MEAN_TOL) carried through the square: |2 (x - k-hat)| <= 6 and ratio <= 1.5 here."""
+    K, B, shape = 16, 8, (4, 5)
+    g = torch.Generator().manual_seed(7)
+    model = _model(K=K, shape=shape, t_min=1e-4)
+    t = torch.tensor([0.0, 5e-5, 0.05, 0.2, 0.4, 0.6, 0.8, 0.95], dtype=torch.float64)
+    inv_g, ratio, keep = (v.double().reshape(-1) for v in model.coefficients(t))
+    log_ratio = model._log_ratio(ratio)
+    coef = torch.stack([inv_g, ratio, keep, log_ratio], 1)
+    x = _data(B, K, shape, g).double()
+    mu = model.flow(x, t, torch.randn(B, *shape, generator=g)).double()
+    out = torch.stack([torch.randn(B, *shape, generator=g), torch.rand(B, *shape, generator=g) * 10 - 6], -1)
+    out = out.double().requires_grad_()
+    bc = lambda v: v.reshape(B, 1, 1)  # noqa: E731
+    ls = bc(log_ratio) + bc(keep) * out[..., 1]
+    assert bool((ls < LOG_SIGMA_MIN).any()) and bool((ls > LOG_SIGMA_MAX).any())
+    assert bool(((ls > LOG_SIGMA_MIN) & (ls < LOG_SIGMA_MAX)).any())
+    mu_x = mu * bc(inv_g) - bc(ratio) * out[..., 0]
+    want = (x - dgauss.bin_mean_sum(mu_x, ls.clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX).exp(), K)) ** 2
+    want_grad = torch.autograd.grad(want.sum(), out)[0]
+    sq, grad = dgauss_cpu.k_hat_squared_error(out, mu, x, coef, K, dgauss.cpu_kernel_params(K),
+                                              (LOG_SIGMA_MIN, LOG_SIGMA_MAX))  # fmt: skip
+    tol_v, tol_g = dgauss.BIN_MEAN_TOL
+    torch.testing.assert_close(sq, want.detach(), rtol=0, atol=6 * tol_v)
+    torch.testing.assert_close(grad, want_grad, rtol=0, atol=6 * 1.5 * tol_g + 6 * tol_v)
+    assert bool((grad[:2] == 0).all())  # t < t_min: (0, 1) whatever the network says
+
+
+def test_fused_cpu_loss_equals_the_torch_path(monkeypatch):
+    """L^inf per example and the network's parameter gradients (MATH.md s.4) through the compiled CPU term equal
+    those through out_params + bin_mean's torch routes (BFNBENCH_NUMBA=0) for the same t and flow noise, at
+    K = 256 in float32; the tolerances are float32 rounding (the torch routes sum in float32, the kernel in
+    float64)."""
+    K, B, shape = 256, 8, (4, 5)
+    g = torch.Generator().manual_seed(8)
+    model = _model(K=K, shape=shape, t_min=1e-4)
+    t = torch.tensor([0.0, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0], dtype=torch.float64)
+    x, noise = _data(B, K, shape, g), torch.randn(B, *shape, generator=g)
+    res, calls, fused = {}, [], dgauss_cpu.k_hat_squared_error
+    monkeypatch.setattr(dgauss_cpu, "k_hat_squared_error", lambda *a: calls.append(1) or fused(*a))
+    for backend in ("torch", "numba"):
+        use_backend(monkeypatch, backend)
+        model.zero_grad()
+        loss = model.loss_cts(x, t, noise)
+        loss.sum().backward()
+        res[backend] = (loss.detach(), [p.grad.clone() for p in model.net.parameters()])
+    assert calls == [1]  # the torch path did not call the kernel, the numba path did
+    torch.testing.assert_close(res["numba"][0], res["torch"][0], rtol=2e-6, atol=1e-6)
+    for a, b in zip(res["numba"][1], res["torch"][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_nstep_loss_matches_its_definition():

@@ -88,69 +88,96 @@ def _end_direct(z0, s, W):
 
 
 @_njit
-def _kernel(mu, sigma, K, out, prm, start, stop):
-    """out[:, i] = (k-hat, d/dmu, d/dsigma) for i in [start, stop); prm = (S_FOURIER, S_ALIAS, S_EM, Z_FAR,
-    WINDOW_Z, s_far, FOURIER_EPS), passed in so the thresholds are read at call time."""
+def _khat(m, sg, K, prm):
+    """(k-hat, d/dmu, d/dsigma) of one element; prm = (S_FOURIER, S_ALIAS, S_EM, Z_FAR, WINDOW_Z, s_far,
+    FOURIER_EPS), passed in so the thresholds are read at call time."""
     s_fourier, s_alias, s_em, z_far, W, s_far, f_eps = prm[0], prm[1], prm[2], prm[3], prm[4], prm[5], prm[6]
     h = 2.0 / K
-    for i in range(start, stop):
-        m = float(mu[i])
-        sg = float(sigma[i])
-        s = sg / h
-        inv = 1.0 / s
-        u = (m + 1.0) / h
-        if s < s_fourier:  # edges 1..K-1 within W sigma of mu; those above the window count Phi = 1
-            j_lo = max(1.0, math.ceil(u - W * s))
-            j_hi = min(K - 1.0, math.floor(u + W * s))
-            sP = K - 1.0 - min(max(j_hi, 0.0), K - 1.0)
-            sp, szp = 0.0, 0.0
-            j = j_lo
-            while j <= j_hi:
-                z = (j - u) * inv
-                sP += 0.5 * math.erfc(-z * _SQRT1_2)
-                e = math.exp(-0.5 * z * z)
-                sp += e
-                szp += z * e
-                j += 1.0
-            out[0, i] = 1.0 - 0.5 * h - h * sP
-            out[1, i] = sp * _INV_SQRT_2PI * inv
-            out[2, i] = szp * _INV_SQRT_2PI * inv
+    s = sg / h
+    inv = 1.0 / s
+    u = (m + 1.0) / h
+    if s < s_fourier:  # edges 1..K-1 within W sigma of mu; those above the window count Phi = 1
+        j_lo = max(1.0, math.ceil(u - W * s))
+        j_hi = min(K - 1.0, math.floor(u + W * s))
+        sP = K - 1.0 - min(max(j_hi, 0.0), K - 1.0)
+        sp, szp = 0.0, 0.0
+        j = j_lo
+        while j <= j_hi:
+            z = (j - u) * inv
+            sP += 0.5 * math.erfc(-z * _SQRT1_2)
+            e = math.exp(-0.5 * z * z)
+            sp += e
+            szp += z * e
+            j += 1.0
+        return 1.0 - 0.5 * h - h * sP, sp * _INV_SQRT_2PI * inv, szp * _INV_SQRT_2PI * inv
+    k, d_mu, d_sigma = m, 1.0, 0.0
+    if s < s_alias:  # A, dA/dmu = 2 sum q^(m^2) cos(2 pi m u), dA/dsigma = -4 pi s sum m q^(m^2) sin(.)
+        q = math.exp(-2.0 * math.pi * math.pi * s * s)
+        x = 2.0 * math.pi * u
+        c1 = math.cos(x)
+        sin_prev, cos_prev, sin_m, cos_m = 0.0, 1.0, math.sin(x), c1
+        qm, ratio, q2 = q, q * q * q, q * q  # q^(m^2) and q^(2m+1): q^((m+1)^2) = q^(m^2) q^(2m+1)
+        A, dA, sA, mm = 0.0, 0.0, 0.0, 1.0
+        while qm > f_eps:
+            A += qm * sin_m / mm
+            dA += qm * cos_m
+            sA += mm * qm * sin_m
+            sin_next = 2.0 * c1 * sin_m - sin_prev  # Chebyshev: sin / cos of (m+1) x from m x and (m-1) x
+            cos_next = 2.0 * c1 * cos_m - cos_prev
+            sin_prev, cos_prev, sin_m, cos_m = sin_m, cos_m, sin_next, cos_next
+            qm *= ratio
+            ratio *= q2
+            mm += 1.0
+        k += h / math.pi * A
+        d_mu += 2.0 * dA
+        d_sigma -= 4.0 * math.pi * s * sA
+    for sign in (-1.0, 1.0):  # the lower end's edge at z0 = (-1 - mu) / sigma, the upper's (in -z) at (mu - 1) / sigma
+        z0 = (sign * m - 1.0) / sg
+        if z0 <= -z_far and s <= s_far:
             continue
-        k, d_mu, d_sigma = m, 1.0, 0.0
-        if s < s_alias:  # A, dA/dmu = 2 sum q^(m^2) cos(2 pi m u), dA/dsigma = -4 pi s sum m q^(m^2) sin(.)
-            q = math.exp(-2.0 * math.pi * math.pi * s * s)
-            x = 2.0 * math.pi * u
-            c1 = math.cos(x)
-            sin_prev, cos_prev, sin_m, cos_m = 0.0, 1.0, math.sin(x), c1
-            qm, ratio, q2 = q, q * q * q, q * q  # q^(m^2) and q^(2m+1): q^((m+1)^2) = q^(m^2) q^(2m+1)
-            A, dA, sA, mm = 0.0, 0.0, 0.0, 1.0
-            while qm > f_eps:
-                A += qm * sin_m / mm
-                dA += qm * cos_m
-                sA += mm * qm * sin_m
-                sin_next = 2.0 * c1 * sin_m - sin_prev  # Chebyshev: sin / cos of (m+1) x from m x and (m-1) x
-                cos_next = 2.0 * c1 * cos_m - cos_prev
-                sin_prev, cos_prev, sin_m, cos_m = sin_m, cos_m, sin_next, cos_next
-                qm *= ratio
-                ratio *= q2
-                mm += 1.0
-            k += h / math.pi * A
-            d_mu += 2.0 * dA
-            d_sigma -= 4.0 * math.pi * s * sA
-        for sign in (-1.0, 1.0):  # the lower end's edge at z0 = (-1 - mu) / sigma, the upper's (in -z) at (mu - 1) / sigma
-            z0 = (sign * m - 1.0) / sg
-            if z0 <= -z_far and s <= s_far:
-                continue
-            if s >= s_em:
-                L0, L1, L2 = _end_em(z0, s)
-            else:
-                L0, L1, L2 = _end_direct(z0, s, W)
-            k -= sign * h * L0  # + h L for the lower end, - h U for the upper
-            d_mu -= L1 * inv
-            d_sigma += sign * L2 * inv
+        if s >= s_em:
+            L0, L1, L2 = _end_em(z0, s)
+        else:
+            L0, L1, L2 = _end_direct(z0, s, W)
+        k -= sign * h * L0  # + h L for the lower end, - h U for the upper
+        d_mu -= L1 * inv
+        d_sigma += sign * L2 * inv
+    return k, d_mu, d_sigma
+
+
+@_njit
+def _kernel(mu, sigma, K, out, prm, start, stop):
+    """out[:, i] = (k-hat, d/dmu, d/dsigma) of element i, for i in [start, stop)."""
+    for i in range(start, stop):
+        k, d_mu, d_sigma = _khat(float(mu[i]), float(sigma[i]), K, prm)
         out[0, i] = k
         out[1, i] = d_mu
         out[2, i] = d_sigma
+
+
+@_njit
+def _sq_err_kernel(net_out, mu, x, coef, D, K, prm, log_sigma_range, sq, grad, start, stop):
+    """The discretised L^inf's elementwise term from the network's output (MATH.md s.4), for i in [start, stop):
+        mu_x = mu / gamma - sqrt((1 - gamma) / gamma) mu_eps,
+        ln sigma_x = clamp(ln sqrt((1 - gamma) / gamma) + keep ln sigma_eps, lo, hi),
+        sq_i = (x - k-hat(mu_x, sigma_x))^2, and grad[i] = d sq_i / d (mu_eps, ln sigma_eps)
+    (the clamp passing gradient on [lo, hi], as torch.clamp's does). coef[b] = (1/gamma, sqrt((1-gamma)/gamma),
+    keep, ln sqrt((1-gamma)/gamma)) of example b = i // D."""
+    lo, hi = log_sigma_range[0], log_sigma_range[1]
+    for i in range(start, stop):
+        b = i // D
+        inv_g, ratio, keep, log_ratio = coef[b, 0], coef[b, 1], coef[b, 2], coef[b, 3]
+        mu_x = float(mu[i]) * inv_g - ratio * float(net_out[i, 0])
+        ls = log_ratio + keep * float(net_out[i, 1])
+        inside = 1.0 if lo <= ls <= hi else 0.0
+        ls = min(max(ls, lo), hi)
+        sigma_x = math.exp(ls)
+        k, d_mu, d_sigma = _khat(mu_x, sigma_x, K, prm)
+        e = float(x[i]) - k
+        sq[i] = e * e
+        g = -2.0 * e  # d sq / d k-hat
+        grad[i, 0] = -g * d_mu * ratio
+        grad[i, 1] = g * d_sigma * sigma_x * keep * inside
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -174,20 +201,58 @@ def enabled(mu: torch.Tensor) -> bool:
     )
 
 
-def bin_mean_and_grads(mu: torch.Tensor, sigma: torch.Tensor, K: int, params: tuple[float, ...]) -> torch.Tensor:
-    """(k-hat, d/dmu, d/dsigma) as a (3, N) tensor of mu's dtype, for flat contiguous CPU mu, sigma. Splits the
-    elements over torch's intra-op threads when there are at least 2 * MIN_CHUNK of them."""
-    if not AVAILABLE:
-        raise RuntimeError("dgauss_cpu needs numba: pip install numba, or set BFNBENCH_NUMBA=0 for the torch routes")
-    n = mu.shape[0]
-    out = torch.empty(3, n, dtype=mu.dtype)
-    args = (mu.detach().numpy(), sigma.detach().numpy(), K, out.numpy(), np.asarray(params, dtype=np.float64))
+def _run(kernel, n: int, args: tuple) -> None:
+    """kernel(*args, start, stop) over [0, n), split over torch's intra-op threads when there are at least
+    2 * MIN_CHUNK elements (the kernels release the GIL)."""
     threads = min(torch.get_num_threads(), n // MIN_CHUNK)
     if threads <= 1:
-        _kernel(*args, 0, n)
-        return out
+        kernel(*args, 0, n)
+        return
     bounds = [n * c // threads for c in range(threads + 1)]
-    jobs = [_pool(threads).submit(_kernel, *args, a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    jobs = [_pool(threads).submit(kernel, *args, a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     for job in jobs:
         job.result()
+
+
+def _need_numba() -> None:
+    if not AVAILABLE:
+        raise RuntimeError("dgauss_cpu needs numba: pip install numba, or set BFNBENCH_NUMBA=0 for the torch routes")
+
+
+def bin_mean_and_grads(mu: torch.Tensor, sigma: torch.Tensor, K: int, params: tuple[float, ...]) -> torch.Tensor:
+    """(k-hat, d/dmu, d/dsigma) as a (3, N) tensor of mu's dtype, for flat contiguous CPU mu, sigma."""
+    _need_numba()
+    n = mu.shape[0]
+    out = torch.empty(3, n, dtype=mu.dtype)
+    _run(_kernel, n, (mu.detach().numpy(), sigma.detach().numpy(), K, out.numpy(), _params(params)))
     return out
+
+
+def k_hat_squared_error(
+    net_out: torch.Tensor,
+    mu: torch.Tensor,
+    x: torch.Tensor,
+    coef: torch.Tensor,
+    K: int,
+    params: tuple[float, ...],
+    log_sigma_range: tuple[float, float],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x - k-hat)^2 per element, shaped like mu, and its gradient with respect to the network's output
+    (mu_eps, ln sigma_eps), shaped like net_out (`_sq_err_kernel`). net_out: (*mu.shape, 2); coef: (B, 4)
+    float64, per example (1/gamma, sqrt((1-gamma)/gamma), keep, ln sqrt((1-gamma)/gamma)). All CPU tensors."""
+    _need_numba()
+    n, B = mu.numel(), mu.shape[0]
+    flat_out = net_out.detach().reshape(n, 2).contiguous()
+    sq = torch.empty(mu.shape, dtype=mu.dtype)
+    grad = torch.empty(net_out.shape, dtype=net_out.dtype)
+    args = (
+        flat_out.numpy(), mu.detach().reshape(-1).contiguous().numpy(), x.detach().reshape(-1).contiguous().numpy(),
+        coef.detach().to(torch.float64).contiguous().numpy(), n // B, K, _params(params),
+        np.asarray(log_sigma_range, dtype=np.float64), sq.view(-1).numpy(), grad.view(n, 2).numpy(),
+    )  # fmt: skip
+    _run(_sq_err_kernel, n, args)
+    return sq, grad
+
+
+def _params(params: tuple[float, ...]) -> np.ndarray:
+    return np.asarray(params, dtype=np.float64)
