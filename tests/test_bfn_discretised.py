@@ -202,7 +202,7 @@ def test_fused_cpu_loss_equals_the_torch_path(monkeypatch):
     """L^inf per example and the network's parameter gradients (MATH.md s.4) through the compiled CPU term equal
     those through out_params + bin_mean's torch routes (BFNBENCH_NUMBA=0) for the same t and flow noise, at
     K = 256 in float32; the tolerances are float32 rounding (the torch routes sum in float32, the kernel in
-    float64)."""
+    float64), for the gradients relative to each tensor's largest entry (sums over pixels cancel)."""
     K, B, shape = 256, 8, (4, 5)
     g = torch.Generator().manual_seed(8)
     model = _model(K=K, shape=shape, t_min=1e-4)
@@ -218,8 +218,8 @@ def test_fused_cpu_loss_equals_the_torch_path(monkeypatch):
         res[backend] = (loss.detach(), [p.grad.clone() for p in model.net.parameters()])
     assert calls == [1]  # the torch path did not call the kernel, the numba path did
     torch.testing.assert_close(res["numba"][0], res["torch"][0], rtol=2e-6, atol=1e-6)
-    for a, b in zip(res["numba"][1], res["torch"][1], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for a, b in zip(res["numba"][1], res["torch"][1], strict=True):  # norm-wise: 16 float32 eps of the largest
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-6 * float(b.abs().max()))
 
 
 def test_nstep_loss_matches_its_definition():
