@@ -139,3 +139,17 @@ def test_dispatch_falls_back_to_the_torch_routes(monkeypatch):
     monkeypatch.setattr(dgauss, "_bin_mean_and_grads", lambda *a: calls.append(1) or torch.zeros(3, 3))
     dgauss.bin_mean(x, x + 1, K)
     assert calls == [1]
+
+
+def test_s_fourier_only_chooses_between_exact_routes(monkeypatch):
+    """S_FOURIER is a cost threshold, not an accuracy one: the Fourier series is exact for any s > 0 (it needs
+    more terms as s shrinks), so moving the threshold down to 0.1 sends the rows with 0.1 <= s < 0.25 from the
+    window to the series and they stay within BIN_MEAN_TOL of the O(K) sum."""
+    mu, sigma = bin_mean_cases()
+    s = sigma / (2.0 / K)
+    rows = (s >= 0.1) & (s < dgauss_cpu.S_FOURIER)
+    assert int(rows.sum()) > 150
+    monkeypatch.setattr(dgauss_cpu, "S_FOURIER", 0.1)
+    err_v, err_mu, err_sigma = bin_mean_errors(mu[rows], sigma[rows], K)
+    tol_v, tol_g = dgauss.BIN_MEAN_TOL
+    assert float(err_v.max()) < tol_v and float(err_mu.max()) < tol_g and float(err_sigma.max()) < tol_g
