@@ -13,7 +13,7 @@ import torch
 
 import suite.bfn.dgauss as dgauss
 import suite.bfn.dgauss_cpu as dgauss_cpu
-from tests.helpers.dgauss import bin_mean_cases, bin_mean_errors, use_backend
+from tests.helpers.dgauss import assert_routes_exact, bin_mean_cases, bin_mean_errors, use_backend
 
 K = 256
 
@@ -46,14 +46,7 @@ def test_every_route_equals_the_direct_sum():
     """k-hat and both derivatives (MATH.md s.4) within BIN_MEAN_TOL (1e-9 values, 1e-8 derivatives) of autograd
     through the O(K) sum, route by route, float64."""
     mu, sigma = bin_mean_cases()
-    routes = _routes(mu, sigma)
-    assert all(int(r.sum()) > 150 for r in routes.values()), {k: int(r.sum()) for k, r in routes.items()}
-    err_v, err_mu, err_sigma = bin_mean_errors(mu, sigma, K)
-    tol_v, tol_g = dgauss.BIN_MEAN_TOL
-    for name, rows in routes.items():
-        assert float(err_v[rows].max()) < tol_v, name
-        assert float(err_mu[rows].max()) < tol_g, name
-        assert float(err_sigma[rows].max()) < tol_g, name
+    assert_routes_exact(mu, sigma, _routes(mu, sigma), K)
 
 
 @pytest.mark.parametrize(

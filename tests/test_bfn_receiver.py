@@ -18,7 +18,7 @@ from suite.bfn.discretised import DiscretisedBFN
 from suite.bfn.mixture import ANALYTIC, FULL, WINDOW, mixture_lse, mixture_lse_fixed, mixture_lse_reference
 from suite.bfn.testing import TinyNet
 from suite.data.base import DataSpec
-from tests.helpers.dgauss import BACKENDS, bin_mean_cases, bin_mean_errors, use_backend
+from tests.helpers.dgauss import BACKENDS, assert_routes_exact, bin_mean_cases, bin_mean_errors, use_backend
 
 K = 256
 
@@ -182,14 +182,7 @@ def test_bin_mean_routes_equal_the_direct_sum(monkeypatch):
     device; tests/test_bfn_dgauss_cpu.py has the CPU kernel's)."""
     use_backend(monkeypatch, "torch")
     mu, sigma = bin_mean_cases()
-    routes = _bin_mean_routes(mu, sigma)
-    assert all(int(r.sum()) > 150 for r in routes.values()), {k: int(r.sum()) for k, r in routes.items()}
-    err_v, err_mu, err_sigma = bin_mean_errors(mu, sigma, K)
-    tol_v, tol_g = dgauss.BIN_MEAN_TOL
-    for name, rows in routes.items():
-        assert float(err_v[rows].max()) < tol_v, name
-        assert float(err_mu[rows].max()) < tol_g, name
-        assert float(err_sigma[rows].max()) < tol_g, name
+    assert_routes_exact(mu, sigma, _bin_mean_routes(mu, sigma), K)
 
 
 def test_bin_mean_bounds_bound_what_they_leave_out():

@@ -24,6 +24,18 @@ def bin_mean_errors(mu, sigma, K):
     return (fast - direct).abs().detach(), *((a - b).abs() for a, b in zip(gf, gd, strict=True))
 
 
+def assert_routes_exact(mu, sigma, routes: dict, K):
+    """Each route (a name -> row mask) has more than 150 of the cases, and on its rows k-hat and both derivatives
+    lie within BIN_MEAN_TOL (values, derivatives) of autograd through the O(K) sum."""
+    assert all(int(r.sum()) > 150 for r in routes.values()), {k: int(r.sum()) for k, r in routes.items()}
+    err_v, err_mu, err_sigma = bin_mean_errors(mu, sigma, K)
+    tol_v, tol_g = dgauss.BIN_MEAN_TOL
+    for name, rows in routes.items():
+        assert float(err_v[rows].max()) < tol_v, name
+        assert float(err_mu[rows].max()) < tol_g, name
+        assert float(err_sigma[rows].max()) < tol_g, name
+
+
 BACKENDS = ["torch", "numba"]
 
 
