@@ -134,8 +134,7 @@ S_NARROW = 4.0 / 7.0
 Z_FAR = 7.0
 WINDOW_Z = 7.0
 
-# Euler-Maclaurin coefficients c_m = B_2m / (2m)!, m = 1..4
-_EM_COEFFS = (1.0 / 12.0, -1.0 / 720.0, 1.0 / 30240.0, -1.0 / 1209600.0)
+_EM_COEFFS = dgauss_cpu.EM_COEFFS  # Euler-Maclaurin coefficients c_m = B_2m / (2m)!, m = 1..4
 
 
 def _phi(z: float) -> float:

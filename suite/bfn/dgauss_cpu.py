@@ -1,10 +1,10 @@
 """k-hat = sum_k p(k) k_c and its two derivatives on CPU in one compiled pass (numba; MATH.md s.4).
 
 `dgauss.bin_mean` calls `bin_mean_and_grads` here for float32 / float64 CPU tensors when numba is installed
-(and `BFNBENCH_NUMBA` is not 0); elsewhere it runs the same sums as a few dozen torch passes. The torch
-routes cost little arithmetic but many passes over the data, each with its own dispatch; on CPU one loop that
-reads (mu, sigma) once and writes (k-hat, d/dmu, d/dsigma) once does the same work in fewer transcendental
-calls per element. Both are exact to dgauss.BIN_MEAN_TOL against the O(K) sum (tests/test_bfn_dgauss_cpu.py).
+(and `BFNBENCH_NUMBA` is not 0), and the discretised BFN's L^inf calls `k_hat_squared_error`, which starts
+from the network's output; elsewhere the same sums run as a few dozen torch passes. Those cost little
+arithmetic but many passes over the data, each with its own dispatch; on CPU one loop reads each element once
+and writes its results once. Both are exact to dgauss.BIN_MEAN_TOL against the O(K) sum (tested).
 
 Per element, in lattice units u = (mu + 1) / h, s = sigma / h (h = 2 / K), from
     k-hat = mu + A + h L - h U          (dgauss: A the infinite lattice's aliasing, L / U the clipped ends)
@@ -41,7 +41,8 @@ MIN_CHUNK = 4096  # elements per thread; below 2 * MIN_CHUNK the calling thread 
 
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_C1, _C2, _C3, _C4 = 1.0 / 12.0, -1.0 / 720.0, 1.0 / 30240.0, -1.0 / 1209600.0  # B_2m / (2m)!, m = 1..4
+EM_COEFFS = (1.0 / 12.0, -1.0 / 720.0, 1.0 / 30240.0, -1.0 / 1209600.0)  # B_2m / (2m)!, m = 1..4 (dgauss too)
+_C1, _C2, _C3, _C4 = EM_COEFFS
 
 
 def _njit(fn):
@@ -185,14 +186,14 @@ def _sq_err_kernel(net_out, mu, x, coef, K, prm, log_sigma_range, sq, grad, star
         d += 1
 
 
-_POOL: ThreadPoolExecutor | None = None
+_POOL: tuple[ThreadPoolExecutor, int] | None = None  # the pool and its worker count
 
 
 def _pool(n: int) -> ThreadPoolExecutor:
     global _POOL
-    if _POOL is None or _POOL._max_workers < n:
-        _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="bfnbench-khat")
-    return _POOL
+    if _POOL is None or _POOL[1] < n:
+        _POOL = (ThreadPoolExecutor(max_workers=n, thread_name_prefix="bfnbench-khat"), n)
+    return _POOL[0]
 
 
 def enabled(mu: torch.Tensor) -> bool:
