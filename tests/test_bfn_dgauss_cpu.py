@@ -73,7 +73,8 @@ def test_thresholds_are_what_keep_it_exact(monkeypatch, module, name, value, rou
 
 
 def test_fourier_series_stops_within_its_bound():
-    """The kernel sums A's terms while q^(m^2) > FOURIER_EPS. Over S_FOURIER <= s < S_ALIAS that is at most 6
+    """The kernel sums A's terms while q^(m^2) > FOURIER_EPS; this test applies that rule itself (the kernel's
+    own loop is checked by the FOURIER_EPS negative control above). Over S_FOURIER <= s < S_ALIAS it gives at most 6
     terms, and `dgauss.alias_bound` with that many terms (tested against the sum it bounds in
     test_bfn_receiver.py) puts what is left far below BIN_MEAN_TOL, for K = 2 (h = 1) and K = 256."""
     tol_v, tol_g = dgauss.BIN_MEAN_TOL

@@ -8,7 +8,8 @@ and writes its results once. Both are exact to dgauss.BIN_MEAN_TOL against the O
 
 Per element, in lattice units u = (mu + 1) / h, s = sigma / h (h = 2 / K), from
     k-hat = mu + A + h L - h U          (dgauss: A the infinite lattice's aliasing, L / U the clipped ends)
-  s < S_FOURIER    the edges within WINDOW_Z sigma of mu, summed directly (at most 2 WINDOW_Z S_FOURIER + 1 = 4);
+  s < S_FOURIER    the edges within WINDOW_Z sigma of mu, summed directly (a span of 2 WINDOW_Z S_FOURIER = 3.5
+                   lattice units, so at most 4 edges);
                    every other edge has Phi = 0 or 1 to within `dgauss.window_bound`.
   otherwise        mu + A + h L - h U, where
                    A by its Fourier series (h / pi) sum_m q^(m^2) sin(2 pi m u) / m, q = exp(-2 pi^2 s^2),
@@ -197,8 +198,8 @@ def _pool(n: int) -> ThreadPoolExecutor:
 
 
 def enabled(mu: torch.Tensor) -> bool:
-    """Whether bin_mean takes this path for mu: numba installed, BFNBENCH_NUMBA not 0, a float32 / float64 CPU
-    tensor."""
+    """Whether bin_mean and the discretised L^inf take the compiled path for mu: numba installed, BFNBENCH_NUMBA
+    not 0, a float32 / float64 CPU tensor."""
     return (
         AVAILABLE
         and mu.device.type == "cpu"

@@ -122,7 +122,7 @@ def _run(benchmark, label: str, spec: DataSpec, x: torch.Tensor, variants, net) 
                                       "ratio_ci95": list(ci), "target": target}  # fmt: skip
 
 
-def _torch_k_hat():
+def _torch_path():
     """The torch path, as on a GPU: out_params, dgauss' torch routes for k-hat and the square as torch passes,
     instead of the compiled CPU term (dgauss_cpu)."""
     return mock.patch.dict(os.environ, {"BFNBENCH_NUMBA": "0"})
@@ -136,7 +136,7 @@ def test_bench_images(benchmark):
     variants = [
         ("bfn_continuous L^inf (continuous-data model)", "bfn_continuous", {}, None, 1.05),
         ("bfn_discretised L^inf (K=256)", "bfn_discretised", {}, None, 1.05),
-        ("bfn_discretised L^inf, torch path (as on GPU)", "bfn_discretised", {}, None, nan, _torch_k_hat),
+        ("bfn_discretised L^inf, torch path (as on GPU)", "bfn_discretised", {}, None, nan, _torch_path),
         ("bfn_discretised L^n n=10 (K=256, 1 y-sample, default)", "bfn_discretised", {}, 10, 1.5),
         ("bfn_discretised L^n n=10 (K=256, 10 y-samples, reference)", "bfn_discretised", {"n_y_samples": 10}, 10, nan),
     ]
