@@ -10,7 +10,11 @@ means continuous time.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
+import os
+import re
+import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +24,10 @@ import yaml
 
 class ConfigError(ValueError):
     """An impossible or unknown configuration value; the message names the key and the fix."""
+
+
+#: the device names `device=` accepts (suite/train.py resolve_device checks that the device exists)
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
 
 @dataclass
@@ -79,6 +87,7 @@ class RunConfig:
         need(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
         for key in ("val_every", "ckpt_every", "log_every"):
             need(getattr(self, key) >= 1, key, "must be >= 1")
+        need(bool(DEVICE.fullmatch(str(self.device))), "device", "must be auto, cpu, cuda, cuda:N or mps")
         return self
 
     def to_dict(self) -> dict:
@@ -172,13 +181,25 @@ def _numbers(v):
     return v
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: what and where (PyYAML's own message spans several lines)."""
+    problem = getattr(e, "problem", None) or getattr(e, "context", None) or str(e)
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return " ".join(f"{problem}{where}".split())
+
+
 def parse_overrides(items: list[str]) -> dict:
     out = {}
     for item in items:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (e.g. n_steps=10 or method_kwargs.beta1=3)")
         key, _, raw = item.partition("=")
-        out[key.strip()] = _numbers(yaml.safe_load(raw)) if raw.strip() else None
+        try:
+            out[key.strip()] = _numbers(yaml.safe_load(raw)) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(e)}); close its "
+                              "brackets or quotes, e.g. betas=[0.9,0.99] or name='a:b'") from None
     return out
 
 
@@ -188,10 +209,48 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} not found")
-        data = _numbers(yaml.safe_load(path.read_text()) or {})
+        try:
+            data = _numbers(yaml.safe_load(path.read_text()) or {})
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML ({_yaml_problem(e)}); fix that line") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} cannot be read ({getattr(e, 'strerror', None) or e}); "
+                              "pass a YAML text file") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path}: expected a mapping of key: value")
         apply(cfg, data)
     if overrides:
         apply(cfg, parse_overrides(overrides))
     return cfg.validate()
+
+
+def _probe(folder: Path) -> None:
+    """Create and delete a file in `folder` (an OSError if that is impossible)."""
+    fd, probe = tempfile.mkstemp(prefix=".bfnbench-probe-", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_writable(folder: str | Path, label: str, fix: str) -> None:
+    """Refuse, before any work starts, an output folder that cannot be written.
+
+    Creates nothing that stays: an existing folder is probed with a temporary file; a folder still to be
+    made is checked through its nearest existing ancestor, which must be a folder that can be written.
+    Raises ConfigError("<label> <folder>: cannot write there (<why>); <fix>")."""
+    folder = Path(folder)
+    probe_at = folder
+    while not probe_at.exists() and probe_at != probe_at.parent:
+        probe_at = probe_at.parent
+    why = None
+    if probe_at.exists() and not probe_at.is_dir():
+        why = f"{probe_at} is a file, not a folder"
+    else:
+        try:
+            _probe(probe_at)
+        except OSError as e:
+            reason = e.strerror or str(e)
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                reason = f"{reason}: {probe_at} is read-only"
+            why = reason
+    if why is not None:
+        raise ConfigError(f"{label} {folder}: cannot write there ({why}); {fix}")

@@ -8,9 +8,13 @@ divided by D (nats/dim), so that gradient clipping means what it means in the BF
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
+import re
+import sys
 import time
+import typing
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +24,13 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from suite import checkpoint
-from suite.config import RunConfig
+from suite.config import ConfigError, RunConfig, check_writable
 from suite.data import get_dataset
 from suite.methods import Method, build_method
 
 
 class TrainingDiverged(RuntimeError):
-    """A NaN or infinite loss; the last good checkpoint is kept."""
+    """A NaN or infinite loss (or weights); the message says which checkpoint, if any, is kept."""
 
 
 @dataclass
@@ -53,9 +57,17 @@ def init_distributed(device_type: str) -> DistInfo:
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"config device={name!r}: not a device; use device=auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name} asked for CUDA, but torch sees no GPU; use device=cpu or device=auto")
+        raise ConfigError(f"config device={name!r} asks for CUDA, but torch sees no GPU; use device=cpu or device=auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"config device={name!r}: torch sees {torch.cuda.device_count()} GPU(s), numbered from 0; "
+                          "use device=cuda or device=auto")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"config device={name!r}: this torch has no MPS (Apple GPU) device; use device=cpu")
     return dev
 
 
@@ -70,12 +82,48 @@ def autocast_for(amp: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype), scaler
 
 
+def method_options(name: str) -> list[str]:
+    """The hyperparameters (method_kwargs keys) a registered method takes, read from its class signature."""
+    from suite import methods
+
+    methods._import_all()
+    factory = methods._METHODS.get(name)
+    if factory is None:
+        return []
+    skip = {"self", "spec", "net", "backbone", "backbone_kwargs"}
+    targets = [factory]
+    if not inspect.isclass(factory):
+        try:
+            ret = typing.get_type_hints(factory).get("return")
+        except Exception:  # noqa: BLE001 - an unresolvable annotation: the factory's own signature only
+            ret = None
+        if inspect.isclass(ret):
+            targets.append(ret)
+    names = []
+    for t in targets:
+        for n, p in inspect.signature(t).parameters.items():
+            if n not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in names:
+                names.append(n)
+    return names
+
+
 def build(cfg: RunConfig) -> tuple[Method, object]:
     data = get_dataset(cfg.dataset, cfg.data_dir, **cfg.data_kwargs)
-    method = build_method(cfg.method, data.spec, backbone=cfg.backbone, backbone_kwargs=dict(cfg.backbone_kwargs),
-                          **cfg.method_kwargs)
+    try:
+        method = build_method(cfg.method, data.spec, backbone=cfg.backbone,
+                              backbone_kwargs=dict(cfg.backbone_kwargs), **cfg.method_kwargs)
+    except TypeError as e:
+        m = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if not m or m[1] not in cfg.method_kwargs:
+            raise
+        raise ConfigError(f"config method_kwargs.{m[1]}: method {cfg.method!r} has no option {m[1]!r}; its options: "
+                          f"{', '.join(method_options(cfg.method)) or '(none)'}") from None
     method.registered_name = cfg.method
     return method, data
+
+
+def _finite(module: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
 
 
 @torch.no_grad()
@@ -109,6 +157,7 @@ def validate(method: Method, data, cfg: RunConfig, device: torch.device) -> floa
 def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
     """Train `cfg.method` on `cfg.dataset`; return the run folder (checkpoints, history.json, config)."""
     cfg.validate()
+    resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))  # a missing GPU refused before anything
     on_gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
     info = init_distributed("cuda" if on_gpu else "cpu")
     device = resolve_device(cfg.device, info.local_rank)
@@ -116,6 +165,23 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
     torch.manual_seed(cfg.seed + info.rank)
 
     method, data = build(cfg)
+    n_train = data.num_examples("train") // info.world_size
+    if n_train < cfg.batch_size:
+        per = f" per rank ({info.world_size} ranks)" if info.world_size > 1 else ""
+        raise ConfigError(f"config batch_size={cfg.batch_size}: larger than the train split of {cfg.dataset} "
+                          f"({n_train} examples{per}), so no batch can be drawn; use batch_size={max(n_train, 1)} "
+                          "or less")
+    if info.main:  # before any work: the folder can be written, and what a killed save left is repaired
+        check_writable(run_dir, f"config out_dir={cfg.out_dir!r}: the run folder",
+                       "choose another out_dir=... (or name=...) that is a folder you can write")
+        try:
+            for what in checkpoint.recover(run_dir, keep=1):
+                print(f"{cfg.name}: {what}", file=sys.stderr)
+        except OSError as e:
+            raise checkpoint.CheckpointError(f"{run_dir}: cannot repair the run folder ({e.strerror or e}); "
+                                             "fix its permissions or choose another out_dir=...") from None
+    if info.world_size > 1:
+        dist.barrier()  # the other ranks look for the checkpoint only after rank 0 has repaired the folder
     method.to(device)
     ema = copy.deepcopy(method).requires_grad_(False)
     decay_params = [p for n, p in method.named_parameters() if p.ndim >= 2]
@@ -128,9 +194,22 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
         found = checkpoint.latest(run_dir) if run_dir.exists() else None
         if found is None:
             raise checkpoint.CheckpointError(f"--resume: no checkpoint in {run_dir}; start without --resume")
+        state = checkpoint.load_state(found)
+        missing = [k for k in ("optimizer", "step", "epoch", "batch_in_epoch", "history", "rng") if k not in state]
+        if missing:
+            raise checkpoint.CheckpointError(f"{found / 'state.pt'} lacks {', '.join(missing)}; it was not written by "
+                                             "`bfnbench train` and cannot be resumed: retrain without --resume")
+        if state["step"] >= cfg.max_steps:
+            if info.main:
+                print(f"{cfg.name}: already finished ({found.name}, step {state['step']} >= max_steps={cfg.max_steps});"
+                      " nothing to do: raise max_steps=... to train further", file=sys.stderr)
+            return run_dir  # a finished run resumed is a no-op: its checkpoint is not rewritten
+        if state["optimizer"] is None:
+            raise checkpoint.CheckpointError(f"{found / 'state.pt'} holds no optimizer state (an evaluation-only "
+                                             "checkpoint); it can be evaluated but not resumed: retrain without "
+                                             "--resume")
         checkpoint.load_weights(found, method, use_ema=False)
         checkpoint.load_weights(found, ema, use_ema=True)
-        state = checkpoint.load_state(found)
         opt.load_state_dict(state["optimizer"])
         step, epoch, batch_in_epoch, history = state["step"], state["epoch"], state["batch_in_epoch"], state["history"]
         torch.set_rng_state(state["rng"][info.rank] if info.rank < len(state["rng"]) else state["rng"][0])
@@ -153,6 +232,9 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
             gathered = [None] * info.world_size
             dist.all_gather_object(gathered, torch.get_rng_state())
             rngs = gathered
+        if not (_finite(method) and _finite(ema)):  # on every rank: DDP keeps their weights equal
+            bar.close()
+            raise TrainingDiverged(diverged(f"the weights hold NaN or infinite values after step {step}"))
         saved["step"] = step
         if not info.main:
             return
@@ -160,6 +242,18 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
                         {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "history": history,
                          "rng": rngs, "config": cfg.to_dict()})
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))
+
+    def diverged(what: str) -> str:
+        try:
+            kept = checkpoint.latest(run_dir)
+        except checkpoint.CheckpointError:
+            kept = None
+        if kept is not None:
+            where = f"the last good checkpoint {kept} is kept"
+        else:
+            where = (f"no checkpoint was written before it (the first was due at step "
+                     f"{min(cfg.ckpt_every, cfg.max_steps)}), so nothing is kept")
+        return f"{cfg.name}: {what}; {where}. Lower lr or grad_clip, or check the data, and train again"
 
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not (progress and info.main), desc=cfg.name,
                dynamic_ncols=True)
@@ -177,9 +271,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
                 loss = model(x, cfg.train_n_steps).float().mean() / D
             if not torch.isfinite(loss):
                 bar.close()
-                raise TrainingDiverged(f"{cfg.name}: loss is {loss.item()} at step {step + 1}; the last good "
-                                       f"checkpoint in {run_dir} is kept. Lower lr, raise grad_clip protection "
-                                       "or check the data.")
+                raise TrainingDiverged(diverged(f"the loss is {loss.item()} at step {step + 1}"))
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -209,7 +301,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
             if step >= cfg.max_steps:
                 break
         if not any_batch and batch_in_epoch == 0:
-            raise RuntimeError(f"{cfg.dataset}: the train split yields no batch of {cfg.batch_size}; lower batch_size")
+            raise ConfigError(f"config batch_size={cfg.batch_size}: the train split of {cfg.dataset} yields no batch "
+                              "of that size; lower batch_size")
         if step < cfg.max_steps:
             epoch, batch_in_epoch = epoch + 1, 0
     bar.close()
