@@ -20,6 +20,22 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+#: sub-commands whose positional key=value overrides may also come after (or between) flags
+_OVERRIDE_CMDS = ("train", "eval", "bench")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (its default prints the whole usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"bfnbench: error: {message}; see `{self.prog} --help`\n")
+
+
+def _writable(folder, label: str, fix: str) -> None:
+    from suite.config import check_writable
+
+    check_writable(folder, label, fix)
+
 
 def _steps(values: list[str]) -> list[int | None]:
     out = []
@@ -30,7 +46,8 @@ def _steps(values: list[str]) -> list[int | None]:
             try:
                 n = int(v)
             except ValueError:
-                raise SystemExit(f"bfnbench: step count {v!r} is not an integer or 'inf'") from None
+                hint = "; put key=value overrides before --n-steps" if "=" in v else ""
+                raise SystemExit(f"bfnbench: step count {v!r} is not an integer or 'inf'{hint}") from None
             if n < 1:
                 raise SystemExit(f"bfnbench: step count must be >= 1, got {n}")
             out.append(n)
@@ -89,6 +106,8 @@ def cmd_eval(args) -> int:
     from suite.evaluate import evaluate
     from suite.train import init_distributed, resolve_device
 
+    # before any work: an evaluation whose numbers cannot be written is not started
+    _writable(args.out, "eval --out", "pass --out DIR, a folder you can write")
     cfg, method, data = _load_run(args.run_dir, args.overrides)
     on_gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
     info = init_distributed("cuda" if on_gpu else "cpu")  # under torchrun: shard the split across ranks
@@ -119,6 +138,7 @@ def cmd_sample(args) -> int:
     cfg, method, data = _load_run(args.run_dir, [])
     method.to(resolve_device(cfg.device))
     out = Path(args.out or Path(args.run_dir) / "samples")
+    _writable(out, "sample --out", "pass --out DIR, a folder you can write")
     out.mkdir(parents=True, exist_ok=True)
     for n in _steps(args.n_steps):
         g = torch.Generator(device=method.device).manual_seed(args.seed)
@@ -136,6 +156,7 @@ def cmd_sample(args) -> int:
 def cmd_bench(args) -> int:
     from suite.bench import run_bench
 
+    _writable(args.out, "bench --out", "pass --out DIR, a folder you can write")
     run_bench(args.scale, out=args.out, only=args.only, overrides=args.overrides, progress=not args.quiet,
               samples=not args.no_samples)
     return 0
@@ -148,19 +169,34 @@ def cmd_variance(args) -> int:
     return 0
 
 
-def cmd_tables(args) -> int:
-    from suite import results, tables
+def _results_for(args):
+    """The results under --results, or a clear error where there are none (not a silent exit 0)."""
+    from suite import results
 
+    _writable(args.out, f"{args.cmd} --out", "pass --out DIR, a folder you can write")
     df = results.load_results(args.results)
+    if df.empty:
+        skipped = df.attrs.get("skipped", [])
+        why = (f" ({len(skipped)} unreadable file(s) skipped, e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped
+               else " (no *.parquet run files)")
+        raise results.ResultsError(f"no results in {args.results}{why}: run `bfnbench eval RUN_DIR` or "
+                                   "`bfnbench bench` first, or pass --results DIR")
+    return df
+
+
+def cmd_tables(args) -> int:
+    from suite import tables
+
+    df = _results_for(args)
     for p in tables.write_all(df, args.out):
         print(f"wrote {p}")
     return 0
 
 
 def cmd_plots(args) -> int:
-    from suite import plots, results
+    from suite import plots
 
-    df = results.load_results(args.results)
+    df = _results_for(args)
     for p in plots.write_all(df, args.out):
         print(f"wrote {p}")
     return 0
@@ -197,7 +233,7 @@ def cmd_methods(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bfnbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="bfnbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
 
     d = sub.add_parser("data", help="list or show data sets")
@@ -271,24 +307,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _parse(argv: list[str] | None):
+    """Parse; key=value overrides given after or between flags (`train a=1 --quiet b=2`) join the others."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        cmd = getattr(args, "cmd", None)
+        if cmd not in _OVERRIDE_CMDS or any(a.startswith("-") or "=" not in a for a in extra):
+            where = f"bfnbench {cmd}" if cmd else "bfnbench"
+            parser.exit(2, f"bfnbench: error: unrecognized arguments: {' '.join(extra)}; see `{where} --help`\n")
+        args.overrides = list(args.overrides) + extra
     # train's `config` positional also swallows the first key=value; move it back
     if getattr(args, "cmd", None) == "train" and args.config and "=" in args.config:
         args.overrides.insert(0, args.config)
         args.config = None
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    import yaml
+
     from suite.checkpoint import CheckpointError
     from suite.config import ConfigError
     from suite.data import DataError
     from suite.results import ResultsError
+    from suite.train import TrainingDiverged
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, ResultsError, FileNotFoundError, KeyError, ValueError,
-            TypeError) as e:  # bad input: one clear line, no traceback (set BFNBENCH_DEBUG=1 for one)
+    except (ConfigError, DataError, CheckpointError, ResultsError, TrainingDiverged, FloatingPointError, OSError,
+            yaml.YAMLError, KeyError, ValueError, TypeError) as e:
+        # bad input: one clear line, no traceback (set BFNBENCH_DEBUG=1 for one)
         if os.environ.get("BFNBENCH_DEBUG"):
             raise
-        print(f"bfnbench: error: {e}", file=sys.stderr)
+        text = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 else str(e)
+        print(f"bfnbench: error: {' '.join(str(text).split())}", file=sys.stderr)
         return 2
 
 
