@@ -313,9 +313,10 @@ def _parse(argv: list[str] | None):
     args, extra = parser.parse_known_args(argv)
     if extra:
         cmd = getattr(args, "cmd", None)
-        if cmd not in _OVERRIDE_CMDS or any(a.startswith("-") or "=" not in a for a in extra):
+        bad = extra if cmd not in _OVERRIDE_CMDS else [a for a in extra if a.startswith("-") or "=" not in a]
+        if bad:
             where = f"bfnbench {cmd}" if cmd else "bfnbench"
-            parser.exit(2, f"bfnbench: error: unrecognized arguments: {' '.join(extra)}; see `{where} --help`\n")
+            parser.exit(2, f"bfnbench: error: unrecognized arguments: {' '.join(bad)}; see `{where} --help`\n")
         args.overrides = list(args.overrides) + extra
     # train's `config` positional also swallows the first key=value; move it back
     if getattr(args, "cmd", None) == "train" and args.config and "=" in args.config:

@@ -29,3 +29,30 @@ def test_data_list_shows_every_data_set(capsys):
     out = capsys.readouterr().out
     for name in ("binarized_mnist", "cifar10_256", "text8", "mnist_embedded_16", "text_embedded", "swiss_roll"):
         assert name in out
+
+
+def test_overrides_between_flags_join_the_others(tmp_path, capsys):
+    """`train a=1 --quiet b=2 --resume c=3`: every key=value is an override, wherever it stands (argparse
+    alone rejected those after a flag)."""
+    from suite import checkpoint
+    from tests.helpers.toy_method import Gauss  # noqa: F401  registers _test_gauss, _test_blob
+
+    argv = ["train", "method=_test_gauss", "--quiet", "dataset=_test_blob", "backbone=none", "batch_size=8",
+            "max_steps=3", f"out_dir={tmp_path}", "name=mixed"]
+    assert main(argv) == 0
+    cfg = checkpoint.load_state(tmp_path / "mixed")["config"]
+    assert (cfg["method"], cfg["dataset"], cfg["max_steps"], cfg["name"]) == ("_test_gauss", "_test_blob", 3, "mixed")
+    assert main(argv[:2] + ["--resume"] + argv[2:-2] + ["max_steps=4", f"out_dir={tmp_path}", "name=mixed"]) == 0
+    assert checkpoint.load_state(tmp_path / "mixed")["step"] == 4
+
+
+def test_resume_of_finished_run_says_so(tmp_path, capsys):
+    from tests.helpers.toy_method import Gauss  # noqa: F401
+
+    argv = ["train", "method=_test_gauss", "dataset=_test_blob", "backbone=none", "batch_size=8", "max_steps=2",
+            f"out_dir={tmp_path}", "name=done", "--quiet"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv + ["--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "already finished (ckpt-00000002, step 2 >= max_steps=2); nothing to do" in err

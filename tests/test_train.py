@@ -98,3 +98,40 @@ def test_overrides_and_yaml(tmp_path):
     cfg = load_config(f, ["batch_size=8", "method_kwargs.t_min=1e-6", "eval_n_steps=[10,100,inf]", "betas=[0.9,0.98]"])
     assert cfg.batch_size == 8 and cfg.method_kwargs == {"beta1": 3.0, "t_min": 1e-6}
     assert cfg.eval_n_steps == [10, 100, None] and cfg.betas == [0.9, 0.98]
+
+
+def test_non_finite_weights_are_never_saved(tmp_path, monkeypatch):
+    """A step that leaves an infinite weight while the loss it came from was finite (injected after step 3's
+    update): the checkpoint due at that step is refused; the step-2 one is named as kept."""
+    import suite.train as tr
+
+    real, calls = tr.ema_update, []
+
+    def update(ema, model, decay):
+        real(ema, model, decay)
+        calls.append(1)
+        if len(calls) == 3:
+            with torch.no_grad():
+                model.mu.fill_(float("inf"))
+
+    monkeypatch.setattr(tr, "ema_update", update)
+    with pytest.raises(TrainingDiverged, match=r"weights hold NaN or infinite values after step 3; the last good "
+                                               r"checkpoint .*ckpt-00000002 is kept"):
+        train(_cfg(tmp_path, ckpt_every=1), progress=False)
+    assert [p.name for p in (tmp_path / "r").glob("*ckpt-*")] == ["ckpt-00000002"]
+    assert checkpoint.load_state(tmp_path / "r")["step"] == 2
+
+
+def test_unknown_method_kwargs_lists_the_valid_names():
+    from suite.train import build
+
+    with pytest.raises(ConfigError, match=r"method_kwargs\.poison: method '_test_gauss' has no option 'poison'; "
+                                          r"its options: poison_at, noise"):
+        build(RunConfig(method="_test_gauss", dataset="_test_blob", backbone="none", method_kwargs={"poison": 1}))
+
+
+def test_kill_point_hook_is_inert_for_other_points_and_steps(tmp_path, monkeypatch):
+    """BFNBENCH_TEST_KILL_AT fires only at its own point and step (the kill tests rely on that)."""
+    monkeypatch.setenv(checkpoint.KILL_ENV, "after_latest@999")
+    run = train(_cfg(tmp_path, max_steps=5), progress=False)
+    assert checkpoint.load_state(run)["step"] == 5
