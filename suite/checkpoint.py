@@ -54,6 +54,8 @@ def _kill_point(point: str, step: int) -> None:
     if not want:
         return
     name, _, at = want.partition("@")
+    if name not in KILL_POINTS:  # a misspelt point would make a kill test pass without killing anything
+        raise ValueError(f"{KILL_ENV}={want!r}: the point must be one of {', '.join(KILL_POINTS)}")
     if name == point and (not at or int(at) == step):
         os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
@@ -133,7 +135,7 @@ def _why(e: OSError) -> str:
 def recover(run_dir: str | Path, keep: int | None = 1) -> list[str]:
     """Repair what a killed `save` left; return what was done, in words.
 
-    Deletes half-written `.ckpt-*.tmp-*` folders and stale `.latest.*` files, puts back a checkpoint
+    Deletes half-written `.ckpt-*.tmp-*` folders and stale `.latest.*` / `.config.json.tmp` files, puts back a checkpoint
     moved aside by an interrupted same-step re-save (or deletes the aside copy when its successor is in
     place), points `latest` at the newest complete checkpoint, and (with `keep`) removes all but the
     `keep` newest complete checkpoints.
@@ -146,7 +148,7 @@ def recover(run_dir: str | Path, keep: int | None = 1) -> list[str]:
         if p.name.startswith(".ckpt-") and not _ASIDE.fullmatch(p.name) and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)  # a half-written (or never renamed) copy
             done.append(f"deleted the half-written {p.name}")
-        elif p.name.startswith(".latest.") and p.is_file():
+        elif (p.name.startswith(".latest.") or p.name == ".config.json.tmp") and p.is_file():
             p.unlink(missing_ok=True)
     for p in run_dir.iterdir():
         m = _ASIDE.fullmatch(p.name)
@@ -183,13 +185,11 @@ def save(run_dir: str | Path, step: int, method, ema, optimizer, extra: dict, ke
     name = f"ckpt-{step:08d}"
     final = run_dir / name
     tmp = aside = None
-    try:
-        prev = latest(run_dir)
-    except CheckpointError:
-        prev = None
+    prev = _latest_or_none(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         recover(run_dir, keep=None)
+        prev = _latest_or_none(run_dir)  # where recover() put a moved-aside copy back
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=run_dir))
         umask = os.umask(0)
         os.umask(umask)
@@ -246,6 +246,13 @@ def latest(run_dir: str | Path) -> Path | None:
                               "other complete checkpoint; the run folder was edited by hand: delete it or "
                               "restore the checkpoint")
     return None
+
+
+def _latest_or_none(run_dir: Path) -> Path | None:
+    try:
+        return latest(run_dir)
+    except CheckpointError:
+        return None
 
 
 def resolve(path: str | Path) -> Path:

@@ -241,7 +241,14 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
         checkpoint.save(run_dir, step, method, ema, opt,
                         {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "history": history,
                          "rng": rngs, "config": cfg.to_dict()})
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))
+        try:  # a copy of the config for people (state.pt holds the one that counts), replaced atomically
+            tmp = run_dir / ".config.json.tmp"
+            tmp.write_text(json.dumps(cfg.to_dict(), indent=1, default=str))
+            os.replace(tmp, run_dir / "config.json")
+        except OSError as e:
+            raise checkpoint.CheckpointError(f"{run_dir / 'config.json'} cannot be written ({e.strerror or e}); the "
+                                             f"checkpoint of step {step} is complete: free disk space, then continue "
+                                             "with --resume") from None
 
     def diverged(what: str) -> str:
         try:
