@@ -7,7 +7,9 @@
     bfnbench sample RUN_DIR [--n-steps 10 100] [--num 64]
     bfnbench bench [--scale embedded|paper] [--only NAME ...] [key=value ...]
     bfnbench tables | plots [--results DIR] [--out DIR]
-    bfnbench regress check | train | refresh [--case NAME ...]   CI likelihood regression
+    bfnbench regress check | train [--reference F] [--case NAME ...]   likelihood regression gate
+    bfnbench regress record RUN_DIR ... --reference F [--retrain-seeds 10]   references for your own runs
+    bfnbench regress refresh [--case NAME ...]                          re-measure this project's CI models
     bfnbench methods                         registered methods
 """
 
@@ -207,20 +209,40 @@ def cmd_regress(args) -> int:
 
     from suite import regression as rg
 
-    cases = [rg._case(n) for n in args.case] if args.case else None
-    if args.regress_cmd == "refresh":
-        table = rg.refresh(cases)
+    ref_path = Path(args.reference) if args.reference else rg.REF_CSV
+    if args.regress_cmd == "record":
+        if not args.runs:
+            raise SystemExit("bfnbench: regress record needs the run folders to record, e.g. "
+                             "`bfnbench regress record runs/my_bfn --reference ci/likelihoods.csv`")
+        base = ref_path.parent.resolve()
+        cases = [rg.Case(Path(r).name, os.path.relpath(Path(r).resolve(), base), tuple(_steps(args.n_steps)),
+                         args.repeats, args.groups, args.examples) for r in args.runs]
+        table = rg.record(cases, base, args.retrain_seeds,
+                          rg.variants(args.threads, args.kernels, args.isa) if (args.threads or args.kernels or args.isa)
+                          else None)
+        rg.write_reference(table, ref_path)
+        shown = table[["case", "kind", "n_steps", "value", "stderr", "spread", "band", "n_variants"]]
+        print(f"wrote {ref_path}:")
+    elif args.regress_cmd == "refresh":
+        if args.reference:
+            raise SystemExit("bfnbench: regress refresh rewrites this project's own CI models; for your runs use "
+                             "`bfnbench regress record RUN_DIR ... --reference FILE`")
+        shown = rg.refresh(args.case, seeds=args.retrain_seeds or rg.SEEDS)
         print("refreshed the CI references (old beside new):")
     else:
-        new = rg.run_checkpoints(cases) if args.regress_cmd == "check" else rg.run_training(cases)
-        ref = rg.load_reference()
-        ref = ref[(ref["kind"] == new["kind"].iloc[0]) & ref["case"].isin(new["case"])]
-        table = rg.compare(ref, new)
+        kind = "checkpoint" if args.regress_cmd == "check" else "retrain"
+        ref = rg.load_reference(ref_path)
+        made = ref.iloc[0]
+        print(f"reference {ref_path}: made on {made.get('cpu_model', '?')}, torch {made.get('torch_version', '?')}, "
+              f"{made.get('threads', '?')} thread(s), {made.get('made_at', '?')}")
+        here = rg.provenance()
+        print(f"this run: {here['cpu_model']}, torch {here['torch_version']}, 1 thread")
+        shown = rg.check(ref_path, kind, args.case)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.5g}"))
-    if args.regress_cmd != "refresh" and table["moved"].any():
-        print(f"bfnbench: {int(table['moved'].sum())} likelihood(s) moved beyond {rg.N_SIGMA:g} standard errors",
-              file=sys.stderr)
+        print(shown.to_string(index=False, float_format=lambda v: f"{v:.6g}"))
+    if args.regress_cmd in ("check", "train") and shown["moved"].any():
+        print(f"bfnbench: {int(shown['moved'].sum())} likelihood(s) moved beyond their band "
+              f"({shown.loc[shown['moved'], 'case'].str.cat(sep=', ')})", file=sys.stderr)
         return 1
     return 0
 
@@ -296,10 +318,28 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--out", default=f"results/embedded/{name}")
         q.set_defaults(func=fn)
 
-    r = sub.add_parser("regress", help="likelihood regression against the committed tiny checkpoints")
-    r.add_argument("regress_cmd", choices=["check", "train", "refresh"],
-                   help="check: evaluate committed checkpoints; train: retrain and evaluate; refresh: rewrite them")
-    r.add_argument("--case", nargs="+", default=None)
+    r = sub.add_parser("regress", help="likelihood regression: gate NLL bounds against measured references",
+                       description=(
+                           "check: evaluate each reference checkpoint (guarantee 'checkpoint'); train: retrain each "
+                           "from its config and seed (guarantee 'retrain'); record: write a reference file for your "
+                           "own run folders, bands measured here; refresh: retrain and re-measure this project's tiny "
+                           "CI models. Exit 1 when a value leaves its band."))
+    r.add_argument("regress_cmd", choices=["check", "train", "record", "refresh"])
+    r.add_argument("runs", nargs="*", help="record: run folders (from `bfnbench train`) or ckpt-* folders")
+    r.add_argument("--reference", default=None,
+                   help="reference CSV (default: this project's results/reference/ci_likelihoods.csv)")
+    r.add_argument("--case", nargs="+", default=None, help="check/train/refresh only these cases")
+    r.add_argument("--n-steps", nargs="+", default=["10", "inf"], help="record: step counts to gate")
+    r.add_argument("--repeats", type=int, default=32, help="record: evaluation passes (systematic t)")
+    r.add_argument("--groups", type=int, default=4, help="record: independent groups of passes")
+    r.add_argument("--examples", type=int, default=200, help="record: test examples per pass")
+    r.add_argument("--retrain-seeds", type=int, default=0,
+                   help="record: also measure the retrain guarantee from this many retrainings (10 or more)")
+    r.add_argument("--threads", nargs="+", type=int, default=None, help="record: thread counts to measure (1 2 4)")
+    r.add_argument("--kernels", nargs="+", default=None, choices=["compiled", "torch"],
+                   help="record: k-hat kernels to measure (compiled torch)")
+    r.add_argument("--isa", nargs="+", default=None, choices=["native", "avx2", "baseline"],
+                   help="record: instruction sets to measure (native avx2 baseline, on x86-64)")
     r.set_defaults(func=cmd_regress)
 
     m = sub.add_parser("methods", help="list registered methods")
