@@ -22,6 +22,7 @@ _BACKBONES = {
     "conv": ("suite.nets.conv", "ConvNet"),
     "unet": ("suite.nets.unet", "UNet"),
     "transformer": ("suite.nets.transformer", "Transformer"),
+    "official": ("suite.nets.official.backbone", "OfficialNet"),  # the official BFN networks (docs/official.md)
 }
 # preset name -> (backbone, module, function returning size kwargs)
 _PRESETS = {
@@ -30,6 +31,10 @@ _PRESETS = {
     "unet_tiny": ("unet", "suite.nets.unet", "unet_tiny"),
     "transformer_text8_paper": ("transformer", "suite.nets.transformer", "transformer_text8_paper"),
     "transformer_tiny": ("transformer", "suite.nets.transformer", "transformer_tiny"),
+    # the official BFN networks at full size, key for key (suite/nets/official/configs.py)
+    **{f"official_{c}": ("official", "suite.nets.official.configs", f"preset_{c}") for c in (
+        "mnist_discrete", "cifar10_discretized_256bins", "cifar10_discretized_16bins",
+        "cifar10_continuous_256bins", "cifar10_continuous_16bins", "text8_discrete")},
 }
 
 
