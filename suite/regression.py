@@ -390,8 +390,9 @@ def write_reference(table: pd.DataFrame, path: Path, replace_cases: bool = True)
 
 def compare(ref: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     """Old and new side by side, with the band of the row's guarantee and whether the move exceeds it."""
-    new = new.drop(columns=[c for c in ("band",) if c in new])  # the reference's band is the one that holds
-    m = ref.merge(new, on=KEYS, suffixes=("_ref", "_new"), how="outer", indicator=True)
+    ref = ref[KEYS + ["value", "band"]].rename(columns={"value": "value_ref"})  # the reference's band holds
+    new = new[KEYS + ["value", "stderr"]].rename(columns={"value": "value_new", "stderr": "stderr_new"})
+    m = ref.merge(new, on=KEYS, how="outer", indicator=True)
     m["delta"] = m["value_new"] - m["value_ref"]
     m["moved"] = ~(m["delta"].abs() <= m["band"]) | (m["_merge"] != "both")
     m = m.rename(columns={"kind": "guarantee"})
