@@ -223,7 +223,7 @@ def test_bad_construction():
 
 def test_registry_and_presets():
     """build_backbone knows every backbone and preset; preset sizes can be overridden."""
-    assert backbone_names() == ["conv", "mlp", "transformer", "unet"]
+    assert backbone_names() == ["conv", "mlp", "official", "transformer", "unet"]
     assert {"unet_mnist_paper", "unet_tiny", "transformer_text8_paper", "transformer_tiny"} <= set(preset_names())
     net = build_backbone("transformer_tiny", (8,), 3, 2, n_layers=1)
     assert len(net.blocks) == 1 and net.blocks[0].ln_1.normalized_shape == (preset("transformer_tiny")[1]["d_model"],)

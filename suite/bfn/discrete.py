@@ -16,8 +16,10 @@ Receivers (`receiver=`):
                    p_O(j) N(y_j | alpha (K-1), alpha K) + (1 - p_O(j)) N(y_j | -alpha, alpha K). A valid but
                    looser bound (not the sender's marginal); O(K) here, not the reference's K x K tensor.
 
-Network input: 2 theta - 1 (K features); for K = 2 the single feature 2 theta_1 - 1 and a single output
-logit l with p_O(1) = sigmoid(l), as in the reference.
+Network input: 2 theta - 1 (K features); for K = 2 a single feature and a single output logit l with
+p_O(1) = sigmoid(l). `input_convention` picks the K = 2 feature: "suite" 2 theta_1 - 1 (this suite's own
+networks), "official" 2 theta_0 - 1 = 2 P(class 0) - 1, what the official MNIST checkpoint was trained on
+(its flow returns theta_0 only; docs/official.md). For K > 2 both are 2 theta - 1.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from suite.methods import register_method
 
 Tensor = torch.Tensor
 RECEIVERS = ("paper", "factorised_1d")
+INPUT_CONVENTIONS = ("suite", "official")
 
 
 def paper_receiver_kl(log_p: Tensor, x: Tensor, eps: Tensor, alpha: Tensor) -> Tensor:
@@ -74,9 +77,11 @@ def factorised_receiver_kl(log_p: Tensor, x: Tensor, eps: Tensor, alpha: Tensor)
 class DiscreteBFN(BFN):
     name = "bfn_discrete"
 
-    def __init__(self, spec, net, beta1: float | None = None, receiver: str = "paper", final: str = "sample"):
+    def __init__(self, spec, net, beta1: float | None = None, receiver: str = "paper", final: str = "sample",
+                 input_convention: str = "suite"):
         """beta1: final accuracy; default the paper's value for its data: 9 for K = 2 (binarised MNIST,
-        sqrt(beta1) = 3), 0.5625 otherwise (text8, sqrt(beta1) = 0.75)."""
+        sqrt(beta1) = 3), 0.5625 otherwise (text8, sqrt(beta1) = 0.75). input_convention: the K = 2 network
+        input, "suite" (2 theta_1 - 1) or "official" (2 theta_0 - 1, the official checkpoints')."""
         self.check_spec(spec)
         super().__init__(spec, net, final)
         if receiver not in RECEIVERS:
@@ -88,6 +93,11 @@ class DiscreteBFN(BFN):
         self.schedule = DiscreteSchedule((9.0 if self.K == 2 else 0.5625) if beta1 is None else beta1)
         self.beta1 = self.schedule.beta1
         self.receiver = receiver
+        if input_convention not in INPUT_CONVENTIONS:
+            raise ValueError(
+                f"input_convention must be 'suite' (K = 2 input 2 theta_1 - 1) or 'official' (2 theta_0 - 1, as the "
+                f"official BFN checkpoints were trained), got {input_convention!r}")
+        self.input_convention = input_convention
         self.register_buffer("_signs", torch.tensor([-1.0, 1.0]), persistent=False)
 
     @staticmethod
@@ -115,10 +125,12 @@ class DiscreteBFN(BFN):
 
     # --- theta and the network ---
     def net_input(self, z: Tensor) -> Tensor:
-        """2 theta - 1 from the logits z (the reference's input scaling); for K = 2 only the class-1 channel,
-        2 theta_1 - 1 = tanh((z_1 - z_0) / 2), without a softmax over a length-2 axis (slow on CPU)."""
+        """2 theta - 1 from the logits z (the reference's input scaling); for K = 2 one channel, 2 theta_1 - 1 =
+        tanh((z_1 - z_0) / 2) ("suite") or 2 theta_0 - 1 = tanh((z_0 - z_1) / 2) ("official"), without a
+        softmax over a length-2 axis (slow on CPU)."""
         if self.K == 2:
-            return torch.tanh(0.5 * (z[..., 1:] - z[..., :1]))
+            d = z[..., 1:] - z[..., :1]
+            return torch.tanh(0.5 * (-d if self.input_convention == "official" else d))
         return 2 * torch.softmax(z, -1) - 1
 
     def log_output(self, z: Tensor, t: Tensor) -> Tensor:
@@ -187,8 +199,8 @@ class DiscreteBFN(BFN):
 def bfn_discrete(
     spec, backbone: str | None = None, backbone_kwargs: dict | None = None, net=None, **hparams
 ) -> DiscreteBFN:
-    """BFN for discrete data. Hyperparameters: beta1, receiver ("paper" | "factorised_1d"), final; the
-    reference config's `max_sqrt_beta` (= sqrt(beta1)) is accepted and converted."""
+    """BFN for discrete data. Hyperparameters: beta1, receiver ("paper" | "factorised_1d"), final,
+    input_convention ("suite" | "official", the K = 2 network input); the reference config's `max_sqrt_beta` (= sqrt(beta1)) is accepted and converted."""
     DiscreteBFN.check_spec(spec)
     out = 1 if spec.num_classes == 2 else spec.num_classes
     net = net if net is not None else build_net(spec, backbone, backbone_kwargs, out, out)

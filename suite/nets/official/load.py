@@ -49,18 +49,19 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return sd
 
 
-def _which_config(sd: dict[str, Tensor]) -> str | None:
-    """The official config whose full-size layout this state dict matches, if any."""
+def _which_configs(sd: dict[str, Tensor]) -> list[str]:
+    """The official configs whose full-size layout this state dict matches (16 and 256 bins share one)."""
     from suite.nets.official.backbone import build_official_module
     from suite.nets.official.configs import config_names, official_config
 
+    found = []
     for name in config_names():
         with torch.device("meta"):
             ref = build_official_module(official_config(name))
         ref_sd = {f"net.{k}": v for k, v in ref.state_dict().items()}
         if ref_sd.keys() == sd.keys() and all(tuple(ref_sd[k].shape) == tuple(sd[k].shape) for k in sd):
-            return name
-    return None
+            found.append(name)
+    return found
 
 
 def check_layout(net, sd: dict[str, Tensor], path: str | Path) -> None:
@@ -73,7 +74,7 @@ def check_layout(net, sd: dict[str, Tensor], path: str | Path) -> None:
     if not (missing or extra or shape):
         return
     name = getattr(net, "config_name", "?")
-    actual = _which_config(sd)
+    actual = _which_configs(sd)
     what = []
     if missing:
         what.append(f"{len(missing)} missing key(s) (first: {', '.join(missing[:3])})")
@@ -81,7 +82,8 @@ def check_layout(net, sd: dict[str, Tensor], path: str | Path) -> None:
         what.append(f"{len(extra)} unexpected key(s) (first: {', '.join(extra[:3])})")
     if shape:
         what.append(f"{len(shape)} shape mismatch(es) (first: {'; '.join(shape[:2])})")
-    hint = f"; the file is an official {actual!r} checkpoint" if actual and actual != name else ""
+    hint = (f"; the file has the layout of the official {' / '.join(map(repr, actual))} network" if actual else
+            "; it matches no official config at full size")  # fmt: skip
     raise OfficialCheckpointError(
         f"{Path(path)}: not a checkpoint of the official {name!r} network: {'; '.join(what)}{hint}")
 
