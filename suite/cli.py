@@ -171,6 +171,20 @@ def cmd_variance(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from suite.reproduce import reproduce, write
+
+    _writable(args.out, "reproduce --out", "pass --out DIR, a folder you can write")
+    steps = None if args.n_steps is None else [float("inf") if n is None else n for n in _steps(args.n_steps)]
+    rows = reproduce(Path(args.checkpoints), Path(args.data_dir) if args.data_dir else None, tables=args.tables,
+                     protocol=args.protocol, repeats=args.repeats, budget=args.budget, max_examples=args.max_examples,
+                     steps=steps, seed=args.seed, device=args.device, progress=not args.quiet)
+    csv, md = write(rows, Path(args.out))
+    print(md.read_text())
+    print(f"wrote {md} and {csv}")
+    return 0
+
+
 def _results_for(args):
     """The results under --results, or a clear error where there are none (not a silent exit 0)."""
     from suite import results
@@ -341,6 +355,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--isa", nargs="+", default=None, choices=["native", "avx2", "baseline"],
                    help="record: instruction sets to measure (native avx2 baseline, on x86-64)")
     r.set_defaults(func=cmd_regress)
+
+    rp = sub.add_parser("reproduce", help="BFN paper Tables 1-5 from the official pretrained checkpoints")
+    rp.add_argument("--checkpoints", required=True, help="folder with mnist_ema.pt, cifar10_256d_ema.pt, ...")
+    rp.add_argument("--data-dir", default=None, help="folder with the MNIST, CIFAR-10 and text8 files")
+    rp.add_argument("--tables", nargs="+", type=int, default=[1, 2, 3, 4, 5], choices=[1, 2, 3, 4, 5])
+    rp.add_argument("--protocol", default="reference", choices=["reference", "suite"],
+                    help="reference: the official test.py's estimator; suite: cheaper systematic-t estimator")
+    rp.add_argument("--repeats", type=int, default=None, help="passes per cell (default: the protocol's)")
+    rp.add_argument("--budget", type=float, default=None, help="seconds per cell: repeats/examples cut to fit")
+    rp.add_argument("--max-examples", type=int, default=None, help="only the first N test examples")
+    rp.add_argument("--n-steps", nargs="+", default=None, help="only these step counts (inf = continuous time)")
+    rp.add_argument("--seed", type=int, default=1)
+    rp.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    rp.add_argument("--out", default="results/reproduce")
+    rp.add_argument("--quiet", action="store_true")
+    rp.set_defaults(func=cmd_reproduce)
 
     m = sub.add_parser("methods", help="list registered methods")
     m.set_defaults(func=cmd_methods)

@@ -68,6 +68,7 @@ class OfficialNet(nn.Module):
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.net = build_official_module(cfg)
         self.is_text = isinstance(self.net, GPT)
+        self.autocast_dtype: torch.dtype | None = None  # e.g. torch.bfloat16: the network (only) under autocast
         want = self._expected(cfg)
         got = (self.data_shape, self.in_features, self.out_features)
         if got != want:
@@ -86,6 +87,12 @@ class OfficialNet(nn.Module):
 
     def forward(self, h: Tensor, t: Tensor) -> Tensor:
         check_input(self, h, t)
+        if self.autocast_dtype is not None:
+            with torch.autocast(h.device.type, dtype=self.autocast_dtype):
+                return self._forward(h, t).float()
+        return self._forward(h, t)
+
+    def _forward(self, h: Tensor, t: Tensor) -> Tensor:
         if self.is_text:  # h = 2 theta - 1 (B, L, K); the official adapter's t is (B, L)
             return self.net.forward_embedded(self.net.input_adapter.embed(h, t[:, None].expand(h.shape[:2])))
         x = h[..., 0].permute(0, 2, 3, 1)  # (B, C, H, W, 1) -> the official (B, H, W, C)

@@ -1,0 +1,95 @@
+"""`bfnbench reproduce` (suite/reproduce.py): the reference protocol's estimator (official test.py), the budget
+planner, and one end-to-end run on the small official MNIST checkpoint (CPU, a few test images)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from suite.cli import main
+from suite.reproduce import BATCH, Plan, plan, reproduce, run_cell, write
+from tests.data_writers import write_mnist
+
+REF = Path(os.environ.get("BFNBENCH_OFFICIAL_REF", Path(__file__).resolve().parents[2] / "shared/reference/official_nets"))
+need_ref = pytest.mark.skipif(not (REF / "small/mnist_discrete.pt").is_file(), reason=f"official reference files not at {REF}")
+
+
+class _PassConstant(torch.nn.Module):
+    """nll = c_r for every example of pass r (pass = repeat), so pass means are known exactly."""
+
+    def __init__(self, values):
+        super().__init__()
+        self.values, self.calls, self.seen = list(values), 0, 0
+
+    def nll(self, x, n):
+        return torch.full((x.shape[0],), float(self.values[self.pass_index]))
+
+
+class _Data:
+    def __init__(self, n, method):
+        self.n, self.method = n, method
+
+    def batches(self, split, bs, *, epoch, **kw):
+        self.method.pass_index = epoch
+        for i in range(0, self.n, bs):
+            yield torch.zeros(min(bs, self.n - i), 1)
+
+
+def test_reference_estimator_is_official_test_py():
+    """value = mean of pass means; s.e. = std(correction=0) / sqrt(R), as torch's std(correction=0) in test.py."""
+    vals = [1.0, 2.0, 4.0, 7.0]
+    m = _PassConstant(vals)
+    res = run_cell(m, _Data(250, m), 10, Plan(4, 250), "reference", seed=0, device="cpu")
+    assert res["value_nats"] == pytest.approx(np.mean(vals))
+    assert res["stderr_nats"] == pytest.approx(torch.tensor(vals).std(correction=0).item() / 2)
+    assert res["n_examples"] == 250 and res["n_repeats"] == 4
+    # the suite protocol: s.e. over the two group means (passes 0-1, 2-3)
+    res = run_cell(m, _Data(250, m), 10, Plan(4, 250), "suite", seed=0, device="cpu")
+    g = np.array([1.5, 5.5])
+    assert res["stderr_nats"] == pytest.approx(g.std(ddof=1) / math.sqrt(2))
+
+
+def test_budget_cuts_repeats_then_examples():
+    p = plan("reference", "mnist_discrete", 10_000, 0.1, None, None, None)
+    assert (p.repeats, p.examples, p.note) == (2000, 10_000, "")
+    p = plan("reference", "mnist_discrete", 10_000, 0.1, None, 100.0, None)  # 10 s a pass
+    assert (p.repeats, p.examples) == (10, 10_000) and "cut from 2000 to 10" in p.note
+    p = plan("reference", "cifar10_discretized_256bins", 10_000, 0.1, None, 5.0, None)
+    assert (p.repeats, p.examples) == (1, 50 * BATCH) and "examples to the first 5000" in p.note
+    p = plan("suite", "text8_discrete", 19_531, 0.1, 5, None, None)
+    assert p.repeats == 6  # two groups of equal size
+    assert plan("reference", "text8_discrete", 4_999_744, 1.0, None, None, None).repeats == 1
+
+
+def test_cli_without_checkpoints_is_one_clear_error(tmp_path, capsys):
+    (tmp_path / "ck").mkdir()
+    assert main(["reproduce", "--checkpoints", str(tmp_path / "ck"), "--tables", "4", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr()
+    assert "no checkpoint for text8_discrete" in err.out and "text8_ema.pt" in err.out
+    assert err.err.startswith("bfnbench: error: reproduce: no checkpoint") and "Traceback" not in err.err
+    assert main(["reproduce", "--checkpoints", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+
+
+@need_ref
+def test_end_to_end_on_the_small_mnist_checkpoint(tmp_path):
+    """Table 2 cells n = 10 and inf from the small official-format checkpoint on 10 test images: finite, beside
+    the published numbers, reproducible from the seed, written as CSV and markdown."""
+    write_mnist(tmp_path / "data/mnist", n_train=100, n_test=12)
+    kw = dict(tables=[2], repeats=3, max_examples=10, steps=[10, math.inf], progress=False, log=lambda s: None,
+              data_options=dict(strict_sizes=False), device="cpu")  # fmt: skip
+    rows = reproduce(REF / "small", tmp_path / "data", **kw)
+    assert [r["n_steps"] for r in rows] == [10, math.inf]
+    assert [r["paper"] for r in rows] == [95.21, 77.87]
+    for r in rows:
+        assert math.isfinite(r["value"]) and r["stderr"] > 0 and r["unit"] == "nats/image"
+        assert r["n_repeats"] == 3 and r["n_examples"] == 10 and "reference (official test.py)" in r["protocol"]
+        assert "first 10 of 12" in r["protocol"]
+    again = reproduce(REF / "small", tmp_path / "data", **kw)
+    assert [r["value"] for r in again] == [r["value"] for r in rows]
+    csv, md = write(rows, tmp_path / "out")
+    assert "## Table 2" in md.read_text() and "95.21" in md.read_text() and csv.is_file()
