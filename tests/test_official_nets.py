@@ -26,8 +26,15 @@ from suite.bfn.discrete import DiscreteBFN
 from suite.data.base import DataSpec
 from suite.methods import build_method
 from suite.nets import build_backbone, count_parameters
-from suite.nets.official import (OfficialCheckpointError, OfficialNet, build_official_module, config_names,
-                                 load_official, official_config, read_state_dict)  # fmt: skip
+from suite.nets.official import (
+    OfficialCheckpointError,
+    OfficialNet,
+    build_official_module,
+    config_names,
+    load_official,
+    official_config,
+    read_state_dict,
+)
 
 TOL = 1e-5
 REF = Path(os.environ.get("BFNBENCH_OFFICIAL_REF", Path(__file__).resolve().parents[2] / "shared/reference/official_nets"))

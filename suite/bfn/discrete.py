@@ -200,7 +200,8 @@ def bfn_discrete(
     spec, backbone: str | None = None, backbone_kwargs: dict | None = None, net=None, **hparams
 ) -> DiscreteBFN:
     """BFN for discrete data. Hyperparameters: beta1, receiver ("paper" | "factorised_1d"), final,
-    input_convention ("suite" | "official", the K = 2 network input); the reference config's `max_sqrt_beta` (= sqrt(beta1)) is accepted and converted."""
+    input_convention ("suite" | "official", the K = 2 network input); the reference config's
+    `max_sqrt_beta` (= sqrt(beta1)) is accepted and converted."""
     DiscreteBFN.check_spec(spec)
     out = 1 if spec.num_classes == 2 else spec.num_classes
     net = net if net is not None else build_net(spec, backbone, backbone_kwargs, out, out)
