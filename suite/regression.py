@@ -301,6 +301,8 @@ def record(cases: list[Case], base: Path, retrain_seeds: int = SEEDS, variant_li
     if retrain_seeds and retrain_seeds < 3:
         raise ValueError(f"retrain_seeds={retrain_seeds}: a spread needs at least 3 retrainings (10 or more give a "
                          "usable band); pass 0 to record the checkpoint guarantee only")
+    for c in cases:  # a folder that is no checkpoint fails here, in one line, not in a worker process
+        run_config(c.folder(base))
     prov = provenance(BASE.threads)
     out = []
 
