@@ -14,7 +14,8 @@ from suite.data.base import SPLITS, DataError, Dataset, DataSpec
 
 __all__ = ["DataError", "DataSpec", "Dataset", "SPLITS", "register", "get_dataset", "dataset_names"]
 
-_MODULES = ("suite.data.toys", "suite.data.mnist", "suite.data.cifar", "suite.data.text8", "suite.data.embedded")
+_MODULES = ("suite.data.toys", "suite.data.mnist", "suite.data.cifar", "suite.data.text8", "suite.data.embedded",
+            "suite.data.truth")
 _REGISTRY: dict[str, Callable[..., Dataset]] = {}
 _loaded = False
 

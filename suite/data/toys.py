@@ -96,6 +96,18 @@ class ToyDataset(Dataset):
         return self._cache[split]
 
 
+class HeartbeatDataset(ToyDataset):
+    """The heartbeat with its truth: every sequence has -ln p(x) = ln 5 nats exactly (module doc)."""
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact ln p(x) per sequence (float64)."""
+        return heartbeat_log_prob(x)
+
+    def exact_nll(self, split: str) -> torch.Tensor:
+        """-ln p(x) in nats (float64, (N,)) of every example of `split`: ln 5 each (the same API as suite.data.truth)."""
+        return -self.log_prob(self.examples(split))
+
+
 def _sizes(n_train: int, n_val: int, n_test: int) -> dict[str, int]:
     sizes = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
     if min(sizes.values()) < 1:
@@ -128,4 +140,4 @@ def make_heartbeat(data_dir: Path | None = None, *, data_seed: int = 0, n_train:
         protocol={"generation": f"fixed sets from data_seed={data_seed}",
                   "exact_nll": f"ln {HEARTBEAT_PERIOD} nats/seq"},
         source="generated (Sohl-Dickstein et al. 2015)")
-    return ToyDataset(spec, heartbeat, data_seed)
+    return HeartbeatDataset(spec, heartbeat, data_seed)
