@@ -15,6 +15,12 @@ Two estimators, named in every cell:
              same test images (text8: windows at stride 256), R passes in 2 groups of evenly spaced t; s.e.
              over the 2 group means.
 
+Official-code quirks (suite/bfn/continuous.py QUIRKS, docs/official.md): the reference protocol turns on, by
+default, every quirk of the official code that the cell's method can reproduce (`quirks="official"`: the
+Gaussian-flow BFNs' categorical_floor, recon_fallback, log_sigma_clamp, gamma_float32, bin_floor); the suite
+protocol keeps the exact computation. `quirks=` overrides either. Every cell names the quirks it used (column
+`quirks` of cells.csv and tables.md; "none" = the exact computation).
+
 `--budget SECONDS` caps each cell: after one timed batch the repeats (and, if one pass cannot fit, the number
 of test examples) are cut to fit, and the cell says so. A user trades time for precision knowingly: the s.e.
 of every cell is printed beside it. On CUDA the network runs under bf16 autocast and the losses in float32.
@@ -82,8 +88,16 @@ def network_config(path: Path, config: str) -> dict:
     return full  # load_official will name what does not match
 
 
-def build(config: str, path: Path, data_dir: Path | None, protocol: str, device: str, data_options: dict | None = None):
-    """(method, data set) for one official checkpoint: the suite's BFN method with the official network."""
+def default_quirks(protocol: str):
+    """The official-code quirks a protocol uses by default: all that apply (reference), none (suite)."""
+    return "official" if protocol == "reference" else ()
+
+
+def build(config: str, path: Path, data_dir: Path | None, protocol: str, device: str, data_options: dict | None = None,
+          quirks=None):  # fmt: skip
+    """(method, data set) for one official checkpoint: the suite's BFN method with the official network.
+    quirks: the official-code quirks (None = the protocol's default, `default_quirks`); only the Gaussian-flow
+    BFNs (continuous, discretised) have any, the discrete BFN's official conventions are its hyperparameters."""
     from suite.data import get_dataset
     from suite.methods import build_method
     from suite.nets.official import OfficialNet, load_official, official_config
@@ -101,7 +115,10 @@ def build(config: str, path: Path, data_dir: Path | None, protocol: str, device:
     load_official(net, path)
     if torch.device(device).type == "cuda":
         net.autocast_dtype = torch.bfloat16
-    method = build_method(suite_cfg["method"], spec, net=net, **suite_cfg["hparams"]).to(device).eval()
+    hparams = dict(suite_cfg["hparams"])
+    if suite_cfg["method"] in ("bfn_continuous", "bfn_discretised"):
+        hparams["quirks"] = default_quirks(protocol) if quirks is None else quirks
+    method = build_method(suite_cfg["method"], spec, net=net, **hparams).to(device).eval()
     return method, data
 
 
@@ -174,8 +191,10 @@ def run_cell(method, data, n_steps, p: Plan, protocol: str, seed: int, device: s
 def reproduce(checkpoints: Path, data_dir: Path | None, tables=(1, 2, 3, 4, 5), protocol: str = "reference",
               repeats: int | None = None, budget: float | None = None, max_examples: int | None = None,
               steps: list | None = None, seed: int = 1, device: str | None = None, progress: bool = True,
-              log=print, data_options: dict | None = None):
-    """Rows, one per (table, cell, n_steps): regenerated value and s.e. beside the published number."""
+              log=print, data_options: dict | None = None, quirks=None):
+    """Rows, one per (table, cell, n_steps): regenerated value and s.e. beside the published number.
+    quirks: official-code quirks for the Gaussian-flow cells (None = the protocol's default: all for
+    reference, none for suite); each row's `quirks` names those used ("none": the exact computation)."""
     from tqdm.auto import tqdm
 
     from suite.results import load_reference
@@ -211,7 +230,7 @@ def reproduce(checkpoints: Path, data_dir: Path | None, tables=(1, 2, 3, 4, 5), 
         raise ValueError(f"reproduce: no checkpoint in {checkpoints} for tables {list(tables)}; see docs/official.md")
     built, plans, timing = {}, {}, {}
     for cfg in sorted({c for c, _ in cells}):
-        built[cfg] = build(cfg, find_checkpoint(checkpoints, cfg), data_dir, protocol, device, data_options)
+        built[cfg] = build(cfg, find_checkpoint(checkpoints, cfg), data_dir, protocol, device, data_options, quirks)
     for (cfg, n) in cells:  # one timed batch per cell (after a warm-up on the first): an honest estimate
         method, data = built[cfg]
         x = next(iter(data.batches("test", BATCH, seed=seed, shuffle=False, drop_last=False, device=device)))
@@ -252,6 +271,7 @@ def reproduce(checkpoints: Path, data_dir: Path | None, tables=(1, 2, 3, 4, 5), 
                 paper_status=str(pub.status.iloc[0]) if len(pub) else "",
                 n_repeats=res["n_repeats"], n_examples=res["n_examples"],
                 protocol="; ".join(filter(None, [res["protocol"], p.note])),
+                quirks="+".join(getattr(method, "quirks", ())) or "none",
                 checkpoint=str(find_checkpoint(checkpoints, cfg)), device=device, seconds=round(wall, 2),
                 estimated_seconds=round(p.repeats * math.ceil(p.examples / BATCH) * sec, 2)))
     bar.close()
@@ -278,16 +298,21 @@ def write(rows: list[dict], out: Path) -> tuple[Path, Path]:
     df.to_csv(csv, index=False)
     lines = ["# BFN paper tables from the official checkpoints", "",
              "Regenerated value +- s.e. beside the published number († = recalled, not yet checked against the "
-             "paper). Every cell names its protocol and repeats.", ""]  # fmt: skip
+             "paper). Every cell names its protocol, repeats and the official-code quirks it reproduced (none = "
+             "the exact computation; docs/official.md):", ""]  # fmt: skip
+    from suite.bfn.continuous import QUIRKS
+
+    used = sorted({q for v in df.get("quirks", pd.Series(dtype=str)).fillna("none") for q in str(v).split("+")} - {"none"})
+    lines += [f"- {q}: {QUIRKS[q]}" for q in used if q in QUIRKS] + ([""] if used else [])
     df = df.sort_values(["table", "dataset", "variant", "n_steps"], kind="stable")
     for tab, g in df.groupby("table", sort=True):
         lines += [f"## Table {tab}", "", "| data | variant | n steps | regenerated | s.e. | paper | unit | repeats | "
-                  "examples | protocol |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "examples | protocol | quirks |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in g.itertuples():
             pub = "" if math.isnan(r.paper) else f"{r.paper:g}{' †' if r.paper_status == 'recalled' else ''}"
             n = "inf" if r.n_steps == INF else int(r.n_steps)
             lines.append(f"| {r.dataset} | {r.variant} | {n} | {r.value:.4g} | {r.stderr:.2g} | {pub} | {r.unit} | "
-                         f"{r.n_repeats} | {r.n_examples} | {r.protocol} |")
+                         f"{r.n_repeats} | {r.n_examples} | {r.protocol} | {getattr(r, 'quirks', 'none')} |")
         lines.append("")
     md = out / "tables.md"
     md.write_text("\n".join(lines))

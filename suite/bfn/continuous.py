@@ -9,6 +9,12 @@ x-hat = 0 for t < t_min, clipped to the data range.
   L^r(x)   = -ln p_O(x | theta; 1) with p_O = N(x-hat, sigma_r^2): over the data's K bins (discretised
              data, tails into the end bins, so images get bits/dim), else a Gaussian *density* (toys:
              not a discrete NLL, may be negative).
+
+Official-code quirks (`quirks=...`, QUIRKS below; shared/reference/official_quirks.md, docs/official.md): named
+departures from the exact computation that the official code (nnaisense/bayesian-flow-networks) makes, for
+reproducing its numbers from its checkpoints (`bfnbench reproduce --protocol reference` turns them all on).
+Off by default: training and the suite's own evaluation keep the exact computation, at no cost (one branch
+on a Python flag).
 """
 
 from __future__ import annotations
@@ -24,15 +30,86 @@ from suite.methods import register_method
 
 Tensor = torch.Tensor
 
+#: The official code's quirks, by option name: what each computes instead of the exact value.
+QUIRKS = {
+    "gamma_float32": "gamma = 1 - sigma1^(2t) in float32 (flow and x-hat / (mu_x, sigma_x)), as torch.pow(min_variance, t) "
+                     "there; exact float64 otherwise",
+    "recon_fallback": "L^r: P(bin) as a float32 difference of Phi at the bin's edges, and where it is < 1e-5, "
+                      "ln N(bin centre | mu, sigma) + ln(bin width) instead of ln P",
+    "bin_floor": "L^r: the bin of a value by floor((x + 1) K / 2) (the official float_to_idx), not the nearest centre; "
+                 "the same for data on bin centres",
+    "log_sigma_clamp": "discretised: ln sigma_eps clamped to [-10, 10] before scaling by sqrt((1 - gamma) / gamma), then "
+                       "sigma_x to [1e-3, 10] (exact: ln sigma_x clamped to [ln 1e-3, ln 10] only)",
+    "categorical_floor": "discretised L^n: receiver weights p_O(k) as float32 differences of Phi at the edges, passed through "
+                         "torch's Categorical(probs=): floored at float32 eps 1.19e-7 and renormalised",
+}
+OFFICIAL_MIN_PROB = 1e-5  # the official DiscretizedCtsDistribution's min_prob (recon_fallback)
+
+
+def check_quirks(quirks, allowed: tuple[str, ...], method: str) -> tuple[str, ...]:
+    """The quirk names `quirks` turns on, sorted: a name, a sequence of names, "official" (every quirk that
+    applies to `method`), or None / () / "none" for the exact computation."""
+    if quirks is None:
+        return ()
+    if isinstance(quirks, str):
+        quirks = (quirks,)
+    names: set[str] = set()
+    for q in quirks:
+        if q == "official":
+            names |= set(allowed)
+        elif q == "none":
+            continue
+        elif q not in QUIRKS:
+            raise ValueError(f"unknown official-code quirk {q!r}; known: {', '.join(QUIRKS)}, or 'official' for all of them")
+        elif q not in allowed:
+            raise ValueError(f"quirk {q!r} does not apply to {method}; its quirks: {', '.join(allowed)}")
+        else:
+            names.add(q)
+    return tuple(sorted(names))
+
+
+def official_normal_cdf(x: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
+    """Phi((x - mu) / sigma) in float32 as torch.distributions.Normal.cdf computes it (0.5 (1 + erf)): absolute
+    error ~6e-8, so a tail mass below that is lost (the exact paths use erfc tails in log space)."""
+    f32 = torch.float32
+    return 0.5 * (1 + torch.erf((x.to(f32) - mu.to(f32)) * sigma.to(f32).reciprocal() / math.sqrt(2)))
+
+
+def official_log_bin_prob(x: Tensor, mu: Tensor, sigma: Tensor, K: int) -> Tensor:
+    """ln p(x) under the discretised N(mu, sigma^2), clipped end bins, as the official code computes it (quirk
+    `recon_fallback`): P = Phi(hi) - Phi(lo) in float32, and where P < 1e-5 the density at the bin's centre
+    times the bin width, ln N(centre | mu, sigma^2) + ln(2 / K), instead of ln P (which is >= 1e-10 there)."""
+    k = torch.clamp(torch.round((x + 1) * K / 2 - 0.5), 0, K - 1)  # the bin of a centre (bin_floor: see recon)
+    xc = ((2 * k + 1) / K - 1).float()
+    mu, sigma = mu.float(), sigma.float()
+    lo = torch.where(k <= 0, 0.0, official_normal_cdf(xc - 1.0 / K, mu, sigma))
+    hi = torch.where(k >= K - 1, 1.0, official_normal_cdf(xc + 1.0 / K, mu, sigma))
+    p = hi - lo
+    dens = -((xc - mu) ** 2) / (2 * sigma**2) - sigma.log() - 0.5 * math.log(2 * math.pi) + math.log(2.0 / K)
+    return torch.where(p < OFFICIAL_MIN_PROB, dens, p.clamp(min=1e-10).log())
+
+
+def floor_bin_centre(x: Tensor, K: int) -> Tensor:
+    """The centre of the bin that floor((x + 1) K / 2) picks (the official float_to_idx; quirk `bin_floor`)."""
+    k = torch.clamp(torch.floor((x + 1) * K / 2), 0, K - 1)
+    return (2 * k + 1) / K - 1
+
 
 class GaussianFlowBFN(BFN):
     """The Gaussian input distribution, flow and update shared by continuous and discretised data."""
 
-    def __init__(self, spec, net, sigma1: float = 1e-3, t_min: float = 1e-6, final: str = "sample"):
+    #: the official-code quirks (QUIRKS) this variant can reproduce
+    allowed_quirks: tuple[str, ...] = ("bin_floor", "gamma_float32", "recon_fallback")
+
+    def __init__(self, spec, net, sigma1: float = 1e-3, t_min: float = 1e-6, final: str = "sample", quirks=()):
         super().__init__(spec, net, final)
         self.schedule = ContinuousSchedule(sigma1)
         self.sigma1 = self.schedule.sigma1
         self.t_min = check_t_min(t_min)
+        self.quirks = check_quirks(quirks, self.allowed_quirks, self.name)
+        self._gamma32 = "gamma_float32" in self.quirks
+        self._recon_fallback = "recon_fallback" in self.quirks
+        self._bin_floor = "bin_floor" in self.quirks
 
     @classmethod
     def from_reference_config(cls, spec, net, **cfg):
@@ -41,8 +118,12 @@ class GaussianFlowBFN(BFN):
 
     def flow(self, x: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
         """mu ~ p_F(. | x; t) = N(gamma x, gamma (1 - gamma) I) (MATH.md s.3); rho = sigma1^(-2t) is implied by t."""
-        g = self.schedule.gamma(t)
-        std = torch.sqrt(g * self.schedule.one_minus_gamma(t))  # not 1 - g: sigma1^2 may be 1e-12
+        if self._gamma32:  # quirk: the official float32 gamma
+            g, one_minus = self.schedule.gamma_float32(t)
+            std = torch.sqrt(g * one_minus)
+        else:
+            g = self.schedule.gamma(t)
+            std = torch.sqrt(g * self.schedule.one_minus_gamma(t))  # not 1 - g: sigma1^2 may be 1e-12
         mean, std = self.bcast(g).float(), self.bcast(std).float()
         noise = torch.randn_like(x, dtype=torch.float32) if noise is None else noise
         return mean * x.float() + std * noise
@@ -54,9 +135,22 @@ class GaussianFlowBFN(BFN):
         """
         keep = t >= max(self.t_min, 1e-300)  # t = 0 always takes the x-hat = 0 branch
         t_safe = torch.where(keep, t, torch.ones_like(t))
-        inv_g = torch.where(keep, 1.0 / self.schedule.gamma(t_safe), 0.0)
-        ratio = torch.where(keep, self.schedule.noise_ratio(t_safe), 0.0)
+        if self._gamma32:  # quirk: 1 / gamma and sqrt((1 - gamma) / gamma) from the official float32 gamma
+            g, one_minus = self.schedule.gamma_float32(t_safe)
+            inv_g, ratio = torch.where(keep, 1.0 / g, 0.0), torch.where(keep, torch.sqrt(one_minus / g), 0.0)
+        else:
+            inv_g = torch.where(keep, 1.0 / self.schedule.gamma(t_safe), 0.0)
+            ratio = torch.where(keep, self.schedule.noise_ratio(t_safe), 0.0)
         return self.bcast(inv_g).float(), self.bcast(ratio).float(), self.bcast(keep)
+
+    def recon_log_prob(self, x: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
+        """ln p_O(x) over the data's K bins: exact in log space, or with the quirks bin_floor / recon_fallback."""
+        K = self.spec.num_classes
+        if self._bin_floor:
+            x = floor_bin_centre(x, K)
+        if self._recon_fallback:
+            return official_log_bin_prob(x, mu, sigma, K)
+        return log_bin_prob(x, mu, sigma, K)
 
     def update(self, state: tuple[Tensor, float], y: Tensor, alpha: float) -> tuple[Tensor, float]:
         """Bayesian update (MATH.md s.3): rho' = rho + alpha, mu' = (rho mu + alpha y) / rho'."""
@@ -87,13 +181,16 @@ class ContinuousBFN(GaussianFlowBFN):
         x_range: tuple[float, float] | None | str = "auto",
         sigma_r: float | None = None,
         final: str = "sample",
+        quirks=(),
     ):
         """x_range: x-hat is clipped to it; "auto" = (-1, 1) for discretised data, no clipping otherwise.
         sigma_r: std of the reconstruction Gaussian, default sigma1 (the reference uses 0.7 sigma1 in its
         16-bin configuration; pass it explicitly to reproduce that).
+        quirks: official-code quirks to reproduce (QUIRKS; "official" = gamma_float32, recon_fallback,
+        bin_floor); none by default.
         """
         self.check_spec(spec)
-        super().__init__(spec, net, sigma1, t_min, final)
+        super().__init__(spec, net, sigma1, t_min, final, quirks)
         if x_range == "auto":
             x_range = (-1.0, 1.0) if spec.kind == "discretised" else None
         if x_range is not None and not (len(x_range) == 2 and x_range[0] < x_range[1]):
@@ -136,7 +233,7 @@ class ContinuousBFN(GaussianFlowBFN):
         x_hat = self.x_hat(self.flow(x, t, noise), t)
         if self.spec.kind == "discretised":
             sr = torch.full_like(x_hat, self.sigma_r)
-            return -self.per_example(log_bin_prob(x.float(), x_hat, sr, self.spec.num_classes))
+            return -self.per_example(self.recon_log_prob(x.float(), x_hat, sr))
         z = (x.float() - x_hat) / self.sigma_r
         return self.per_example(0.5 * z * z + math.log(self.sigma_r) + 0.5 * math.log(2 * math.pi))
 
@@ -164,7 +261,8 @@ def bfn_continuous(
     spec, backbone: str | None = None, backbone_kwargs: dict | None = None, net=None, **hparams
 ) -> ContinuousBFN:
     """BFN for continuous data (or images modelled as continuous). Hyperparameters: sigma1, t_min, x_range,
-    sigma_r, final; the reference config's `min_variance` (= sigma1^2) is accepted and converted."""
+    sigma_r, final, quirks (official-code quirks, QUIRKS; none by default); the reference config's
+    `min_variance` (= sigma1^2) is accepted and converted."""
     ContinuousBFN.check_spec(spec)
     net = net if net is not None else build_net(spec, backbone, backbone_kwargs, 1, 1)
     return ContinuousBFN(spec, net, **paper_hparams(hparams))

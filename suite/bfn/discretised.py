@@ -19,12 +19,14 @@ import torch
 from suite.bfn import dgauss_cpu
 from suite.bfn.base import build_net, paper_hparams
 from suite.bfn.continuous import GaussianFlowBFN
-from suite.bfn.dgauss import bin_mean, bin_probs, cpu_kernel_params, log_bin_prob, mode_bins, sample_bins
-from suite.bfn.mixture import mixture_lse, mixture_lse_fixed
+from suite.bfn.dgauss import bin_mean, bin_probs, cpu_kernel_params, mode_bins, sample_bins
+from suite.bfn.mixture import mixture_lse, mixture_lse_fixed, official_mixture_lse
 from suite.methods import register_method
 
 Tensor = torch.Tensor
-LOG_SIGMA_MIN, LOG_SIGMA_MAX = math.log(1e-3), math.log(10.0)  # the reference's clamp on sigma_x
+SIGMA_MIN, SIGMA_MAX = 1e-3, 10.0  # the reference's clamp on sigma_x
+LOG_SIGMA_MIN, LOG_SIGMA_MAX = math.log(SIGMA_MIN), math.log(SIGMA_MAX)
+OFFICIAL_LOG_SIGMA_EPS = 10.0  # quirk log_sigma_clamp: the official safe_exp's range for ln sigma_eps
 
 
 class _KHatSquaredError(torch.autograd.Function):
@@ -47,6 +49,7 @@ class _KHatSquaredError(torch.autograd.Function):
 
 class DiscretisedBFN(GaussianFlowBFN):
     name = "bfn_discretised"
+    allowed_quirks = ("bin_floor", "categorical_floor", "gamma_float32", "log_sigma_clamp", "recon_fallback")
 
     def __init__(
         self,
@@ -57,11 +60,17 @@ class DiscretisedBFN(GaussianFlowBFN):
         n_y_samples: int = 1,
         final: str = "sample",
         chunk_elems: int = 1 << 18,
+        quirks=(),
     ):
         """n_y_samples: sender draws per example in L^n (the reference averages 10; any count is unbiased).
-        chunk_elems: elements x bins processed at once by the fused receiver (memory, not results)."""
+        chunk_elems: elements x bins processed at once by the fused receiver (memory, not results).
+        quirks: official-code quirks to reproduce (continuous.QUIRKS; "official" = all five); none by default.
+        log_sigma_clamp sends L^inf through the torch path instead of the compiled CPU kernel (same sums);
+        categorical_floor sends L^n through an O(K) torch receiver (mixture.official_mixture_lse)."""
         self.check_spec(spec)
-        super().__init__(spec, net, sigma1, t_min, final)
+        super().__init__(spec, net, sigma1, t_min, final, quirks)
+        self._log_sigma_clamp = "log_sigma_clamp" in self.quirks
+        self._categorical_floor = "categorical_floor" in self.quirks
         if isinstance(n_y_samples, bool) or not isinstance(n_y_samples, int) or n_y_samples < 1:
             raise ValueError(f"n_y_samples must be an integer >= 1, got {n_y_samples!r}")
         self.K = spec.num_classes
@@ -84,6 +93,10 @@ class DiscretisedBFN(GaussianFlowBFN):
         mu_eps, log_sigma_eps = out[..., 0], out[..., 1]
         inv_g, ratio, keep = self.coefficients(t)  # per example; inv_g = ratio = 0 where t < t_min
         mu_x = mu * inv_g - ratio * mu_eps  # 0 where t < t_min
+        if self._log_sigma_clamp:  # quirk: clamp ln sigma_eps, scale, then clamp sigma_x; 1 where t < t_min
+            c = OFFICIAL_LOG_SIGMA_EPS
+            sigma = torch.clamp(ratio * log_sigma_eps.clamp(-c, c).exp(), SIGMA_MIN, SIGMA_MAX)
+            return mu_x, torch.where(keep, sigma, 1.0)
         # clamp ln sigma_x, not sigma_x: exp of a large network output must not overflow into a NaN gradient.
         # Where t < t_min, ln ratio := 0 and ln sigma_eps is multiplied by 0, so sigma_x = 1 with no gradient;
         # per-example factors instead of torch.where over every pixel (two fewer full passes each way)
@@ -102,7 +115,7 @@ class DiscretisedBFN(GaussianFlowBFN):
         On CPU with numba (dgauss_cpu.enabled) the elementwise part, from the network's output to (x - k-hat)^2,
         is one compiled pass (`_KHatSquaredError`); it computes what out_params and bin_mean do, tested equal."""
         mu = self.flow(x, t, noise)
-        if dgauss_cpu.enabled(mu):
+        if dgauss_cpu.enabled(mu) and not self._log_sigma_clamp:  # the kernel clamps ln sigma_x (exact)
             inv_g, ratio, keep = self.coefficients(t)
             coef = torch.stack([inv_g.reshape(-1), ratio.reshape(-1), keep.reshape(-1).to(inv_g.dtype),
                                 self._log_ratio(ratio).reshape(-1)], 1)  # fmt: skip
@@ -124,7 +137,12 @@ class DiscretisedBFN(GaussianFlowBFN):
         if y_noise is None:
             y_noise = torch.randn(self.n_y_samples, *x.shape, device=x.device)
         y = x.float() + y_noise / alpha.sqrt()
-        lam = self._receiver_lse(mu_x, sigma_x, alpha, y, t < max(self.t_min, 1e-300))  # as in coefficients()
+        if self._categorical_floor:  # quirk: the official receiver weights, O(K) per element
+            S = y.shape[0]
+            lam = official_mixture_lse(mu_x.reshape(-1), sigma_x.reshape(-1), alpha.reshape(-1), y.reshape(S, -1),
+                                       self.K).reshape(mu_x.shape)  # fmt: skip
+        else:
+            lam = self._receiver_lse(mu_x, sigma_x, alpha, y, t < max(self.t_min, 1e-300))  # as in coefficients()
         # ln N(y | x, 1/alpha) - ln p_R(y) = -alpha (y - x)^2 / 2 - Lambda (the normalisers cancel)
         kl = -0.5 * (y_noise**2).mean(0) - lam
         return n * self.per_example(kl)
@@ -151,10 +169,10 @@ class DiscretisedBFN(GaussianFlowBFN):
         return out.index_copy(0, rows_n, lse(rows_n, True)).index_copy(0, rows_p, lse(rows_p, False))
 
     def recon(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
-        """-ln p_O(x | theta; 1), exact in the tails (log-space bin mass)."""
+        """-ln p_O(x | theta; 1), exact in the tails (log-space bin mass; quirks bin_floor, recon_fallback)."""
         t = torch.ones(x.shape[0], dtype=torch.float64, device=x.device)
         mu_x, sigma_x = self.out_params(self.flow(x, t, noise), t)
-        return -self.per_example(log_bin_prob(x.float(), mu_x, sigma_x, self.K))
+        return -self.per_example(self.recon_log_prob(x.float(), mu_x, sigma_x))
 
     # --- sampler hooks ---
     def output(self, state, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -171,8 +189,9 @@ class DiscretisedBFN(GaussianFlowBFN):
 def bfn_discretised(
     spec, backbone: str | None = None, backbone_kwargs: dict | None = None, net=None, **hparams
 ) -> DiscretisedBFN:
-    """BFN for discretised data. Hyperparameters: sigma1, t_min, n_y_samples, final; the reference
-    config's `min_variance` (= sigma1^2) is accepted and converted."""
+    """BFN for discretised data. Hyperparameters: sigma1, t_min, n_y_samples, final, quirks (official-code
+    quirks, continuous.QUIRKS; none by default); the reference config's `min_variance` (= sigma1^2) is accepted
+    and converted."""
     DiscretisedBFN.check_spec(spec)
     net = net if net is not None else build_net(spec, backbone, backbone_kwargs, 1, 2)
     return DiscretisedBFN(spec, net, **paper_hparams(hparams))

@@ -449,3 +449,60 @@ def mixture_lse_reference(mu: Tensor, sigma: Tensor, alpha: Tensor, y: Tensor, K
     c = centres(K, mu.device, mu.dtype)
     kern = -0.5 * alpha[None, :, None] * (y[..., None] - c) ** 2
     return torch.logsumexp(lnp + kern, -1).mean(0)
+
+
+# --- the official code's receiver (quirk `categorical_floor`, docs/official.md) ------------------------------
+#
+# The official discretised L^n builds p_R as MixtureSameFamily(Categorical(probs=p_O), Normal(k_c, 1/sqrt(alpha)))
+# with p_O the float32 differences of Phi at the bin edges. Categorical(probs=) normalises p, and its logits
+# clamp every weight to [eps, 1 - eps] (eps = float32 eps, 1.19e-7) before MixtureSameFamily's log_softmax
+# renormalises them: far-off bins weigh at least eps / (1 + K eps) instead of ~0, so a confidently wrong p_O
+# costs far less at small n. O(K) per element, by autograd (no fused gradient): a reproduction option.
+FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
+OFFICIAL_CHUNK = 1 << 22  # elements x bins per chunk of the official receiver (memory, not results)
+
+
+def official_bin_probs(mu: Tensor, sigma: Tensor, K: int) -> Tensor:
+    """p_O(k), shaped (*mu.shape, K), as the official code computes them: float32 differences of Phi (0.5 (1 + erf))
+    at the K - 1 interior edges, 0 and 1 beyond the clipped end bins. Absolute error ~6e-8: tail bins come out
+    0 or a few ulps (bin_probs is exact)."""
+    from suite.bfn.dgauss import edges
+
+    f32 = torch.float32
+    mu, sigma = mu.to(f32)[..., None], sigma.to(f32)[..., None]
+    cdf = 0.5 * (1 + torch.erf((edges(K, mu.device, f32) - mu) * sigma.reciprocal() / _SQRT2))
+    cdf = torch.cat([torch.zeros_like(cdf[..., :1]), cdf, torch.ones_like(cdf[..., :1])], -1)
+    return cdf[..., 1:] - cdf[..., :-1]
+
+
+def categorical_log_weights(p: Tensor) -> Tensor:
+    """ln of the mixture weights MixtureSameFamily(Categorical(probs=p), ...) uses: p / sum p clamped to
+    [eps, 1 - eps] (float32 eps), then renormalised (log_softmax of the clamped logs)."""
+    q = (p / p.sum(-1, keepdim=True)).clamp(FLOAT32_EPS, 1.0 - FLOAT32_EPS).log()
+    return q - torch.logsumexp(q, -1, keepdim=True)
+
+
+def official_mixture_lse(mu: Tensor, sigma: Tensor, alpha: Tensor, y: Tensor, K: int,
+                         chunk_elems: int = OFFICIAL_CHUNK) -> Tensor:  # fmt: skip
+    """mixture_lse with the official code's weights (quirk `categorical_floor`): per element the mean over the
+    S samples of LSE_k(ln w_k - alpha (y_s - k_c)^2 / 2), w = categorical_log_weights(official_bin_probs).
+    mu, sigma, alpha: (N,); y: (S, N); float32; differentiable by autograd."""
+    if y.dim() != 2 or y.shape[1] != mu.shape[0]:
+        raise ValueError(f"y must be shaped (S, N) = (S, {mu.shape[0]}), got {tuple(y.shape)}")
+    from suite.bfn.dgauss import centres
+
+    f32 = torch.float32
+    mu, sigma, alpha, y = mu.to(f32), sigma.to(f32), alpha.to(f32), y.to(f32)
+    c = centres(K, mu.device, f32)
+    per = max(1, int(chunk_elems) // K)
+    out = []
+    for i in range(0, mu.shape[0], per):
+        rows = slice(i, i + per)
+        lw = categorical_log_weights(official_bin_probs(mu[rows], sigma[rows], K))
+        half_a = 0.5 * alpha[rows, None]
+        acc = 0.0
+        for s in range(y.shape[0]):
+            d = y[s, rows, None] - c
+            acc = acc + torch.logsumexp(lw - half_a * d * d, -1)
+        out.append(acc / y.shape[0])
+    return torch.cat(out) if out else mu.new_zeros(0)
