@@ -428,7 +428,7 @@ def test_truth_assets_are_small_recorded_and_carry_their_settings():
 
 @pytest.mark.slow
 def test_rebuilding_a_mixture_asset_is_byte_identical(tmp_path):
-    """scripts/build_truth_assets.py --only mixture_16 reproduces the shipped file byte for byte (about 30 s)."""
+    """scripts/build_truth_assets.py --only mixture_16 reproduces the shipped file byte for byte (about 20 s)."""
     build = _build_script()
     build.main(["--only", "mixture_16", "--out", str(tmp_path)])
     name = MIXTURE_ASSETS[16].name
