@@ -89,7 +89,16 @@ def test_end_to_end_on_the_small_mnist_checkpoint(tmp_path):
         assert math.isfinite(r["value"]) and r["stderr"] > 0 and r["unit"] == "nats/image"
         assert r["n_repeats"] == 3 and r["n_examples"] == 10 and "reference (official test.py)" in r["protocol"]
         assert "first 10 of 12" in r["protocol"]
+        assert r["quirks"] == "none"  # the discrete BFN: its official conventions are hyperparameters, no quirks
     again = reproduce(REF / "small", tmp_path / "data", **kw)
     assert [r["value"] for r in again] == [r["value"] for r in rows]
     csv, md = write(rows, tmp_path / "out")
     assert "## Table 2" in md.read_text() and "95.21" in md.read_text() and csv.is_file()
+    assert "| protocol | quirks |" in md.read_text() and "quirks" in csv.read_text().splitlines()[0]
+
+
+def test_default_quirks_per_protocol():
+    """The reference protocol reproduces every official-code quirk by default, the suite protocol none."""
+    from suite.reproduce import default_quirks
+
+    assert default_quirks("reference") == "official" and default_quirks("suite") == ()
