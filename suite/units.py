@@ -56,7 +56,7 @@ def convert(value, from_unit: str, to_unit: str, D: int):
 def default_unit(dataset_kind: str, dataset_name: str) -> str:
     """The unit the literature reports for a data set (BFN paper: MNIST nats/image, CIFAR bits/dim, text BPC)."""
     name = dataset_name.lower()
-    if "binarized_mnist" in name or "mnist_embedded_binarized" in name:
+    if "binarized_mnist" in name or "mnist_embedded_binarized" in name or "mnist_mixture_binarized" in name:
         return "nats/image"
     if "heartbeat" in name:
         return "bits/seq"

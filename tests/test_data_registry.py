@@ -22,10 +22,16 @@ EXPECTED = {  # name: (kind, K, shape, stand_in_for)
     "mnist_embedded_256": ("discretised", 256, (1, 28, 28), "mnist"),
     "mnist_embedded_16": ("discretised", 16, (1, 28, 28), "mnist"),
     "text_embedded": ("discrete", 27, (256,), "text8"),
+    # ground truth known (suite/data/truth): sampled from models fitted to the embedded data
+    "text_hmm": ("discrete", 27, (128,), None),
+    "mnist_mixture_binarized": ("discrete", 2, (1, 28, 28), None),
+    "mnist_mixture_256": ("discretised", 256, (1, 28, 28), None),
+    "mnist_mixture_16": ("discretised", 16, (1, 28, 28), None),
+    "gmm_2d": ("continuous", None, (2,), None),
 }
 # data sets whose bytes are generated or shipped: the batch contract is checked on the real thing
 LOCAL = ["swiss_roll", "binary_heartbeat", "mnist_embedded_binarized", "mnist_embedded_256", "mnist_embedded_16",
-         "text_embedded"]
+         "text_embedded", "text_hmm", "mnist_mixture_binarized", "mnist_mixture_256", "mnist_mixture_16", "gmm_2d"]
 
 
 def test_every_data_set_is_registered_with_its_spec(tmp_path):

@@ -40,6 +40,8 @@ def test_bad_unit_and_dim():
 
 def test_default_units():
     assert units.default_unit("discrete", "binarized_mnist") == "nats/image"
+    assert units.default_unit("discrete", "mnist_mixture_binarized") == "nats/image"  # the ground-truth twin
+    assert units.default_unit("discrete", "text_hmm") == "BPC"
     assert units.default_unit("discretised", "cifar10_256") == "bits/dim"
     assert units.default_unit("discrete", "text8") == "BPC"
     assert units.default_unit("discrete", "text_embedded") == "BPC"
