@@ -299,11 +299,12 @@ def write(rows: list[dict], out: Path) -> tuple[Path, Path]:
     lines = ["# BFN paper tables from the official checkpoints", "",
              "Regenerated value +- s.e. beside the published number († = recalled, not yet checked against the "
              "paper). Every cell names its protocol, repeats and the official-code quirks it reproduced (none = "
-             "the exact computation; docs/official.md):", ""]  # fmt: skip
+             "the exact computation; docs/official.md).", ""]  # fmt: skip
     from suite.bfn.continuous import QUIRKS
 
     used = sorted({q for v in df.get("quirks", pd.Series(dtype=str)).fillna("none") for q in str(v).split("+")} - {"none"})
-    lines += [f"- {q}: {QUIRKS[q]}" for q in used if q in QUIRKS] + ([""] if used else [])
+    if used:
+        lines += ["Quirks used:", ""] + [f"- {q}: {QUIRKS.get(q, '?')}" for q in used] + [""]
     df = df.sort_values(["table", "dataset", "variant", "n_steps"], kind="stable")
     for tab, g in df.groupby("table", sort=True):
         lines += [f"## Table {tab}", "", "| data | variant | n steps | regenerated | s.e. | paper | unit | repeats | "
