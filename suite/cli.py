@@ -178,7 +178,8 @@ def cmd_reproduce(args) -> int:
     steps = None if args.n_steps is None else [float("inf") if n is None else n for n in _steps(args.n_steps)]
     rows = reproduce(Path(args.checkpoints), Path(args.data_dir) if args.data_dir else None, tables=args.tables,
                      protocol=args.protocol, repeats=args.repeats, budget=args.budget, max_examples=args.max_examples,
-                     steps=steps, seed=args.seed, device=args.device, progress=not args.quiet)
+                     steps=steps, seed=args.seed, device=args.device, progress=not args.quiet,
+                     quirks=None if args.quirks is None else tuple(q for q in args.quirks if q != "none"))
     csv, md = write(rows, Path(args.out))
     print(md.read_text())
     print(f"wrote {md} and {csv}")
@@ -366,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--budget", type=float, default=None, help="seconds per cell: repeats/examples cut to fit")
     rp.add_argument("--max-examples", type=int, default=None, help="only the first N test examples")
     rp.add_argument("--n-steps", nargs="+", default=None, help="only these step counts (inf = continuous time)")
+    rp.add_argument("--quirks", nargs="+", default=None,
+                    help="official-code quirks for the Gaussian-flow cells: names from suite.bfn.continuous.QUIRKS, "
+                         "'official' (all that apply) or 'none' (the exact computation); default: the protocol's")
     rp.add_argument("--seed", type=int, default=1)
     rp.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     rp.add_argument("--out", default="results/reproduce")

@@ -102,3 +102,23 @@ def test_default_quirks_per_protocol():
     from suite.reproduce import default_quirks
 
     assert default_quirks("reference") == "official" and default_quirks("suite") == ()
+
+
+@pytest.mark.parametrize("flag, passed", [(None, None), (["none"], ()), (["official"], ("official",)),
+                                          (["recon_fallback", "bin_floor"], ("recon_fallback", "bin_floor"))])
+def test_cli_quirks_flag_reaches_reproduce(tmp_path, monkeypatch, flag, passed):
+    """`bfnbench reproduce --quirks ...`: absent = the protocol's default (None), 'none' = the exact computation."""
+    import suite.reproduce as rp
+
+    seen = {}
+    monkeypatch.setattr(rp, "reproduce", lambda *a, **kw: seen.update(kw) or [])
+    monkeypatch.setattr(rp, "write", lambda rows, out: (out / "cells.csv", _touch(out / "tables.md")))
+    argv = ["reproduce", "--checkpoints", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main(argv + (["--quirks", *flag] if flag else [])) == 0
+    assert seen["quirks"] == passed
+
+
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+    return path
