@@ -49,7 +49,7 @@ def nll_passes(method, data, *, split: str = "test", n_steps: int | None = None,
     means, first = [], []
     limit = max_examples if max_examples is not None else data.num_examples(split)
     bar = tqdm(total=n_repeats, disable=not progress or rank != 0, leave=False,
-               desc=f"{getattr(method, 'registered_name', method.name)} n={n_steps or 'inf'}")
+               desc=f"{method.label} n={n_steps or 'inf'}")
     for r in range(n_repeats):
         torch.manual_seed(derive_seed(seed, r, n_steps or 0, rank))
         total = torch.zeros(2, dtype=torch.float64)
@@ -92,7 +92,7 @@ def evaluate(method, data, *, n_steps_list=(None,), split: str = "test", n_repea
     spec = data.spec
     unit = unit or units.default_unit(spec.kind, spec.name)
     rows = []
-    discrete_T = None if getattr(method, "continuous_time", True) else getattr(method, "T", None)
+    discrete_T = method.num_steps  # None: continuous time; else the trained grid n_steps=None evaluates on
     for n in n_steps_list:
         if discrete_T is not None and n is not None and n > discrete_T:
             continue  # a discrete-time model has no bound finer than the grid it was trained on
@@ -113,7 +113,7 @@ def evaluate(method, data, *, n_steps_list=(None,), split: str = "test", n_repea
             mean, se = float(means[0]), units.mean_and_stderr(per_ex)[1] if per_ex.size > 1 else math.nan
             how = "one pass; s.e. over examples"
         rows.append(dict(
-            method=getattr(method, "registered_name", method.name), dataset=spec.name, split=split, metric="nll",
+            method=method.label, dataset=spec.name, split=split, metric="nll",
             # None = continuous time, or a discrete-time model's full trained grid of T steps
             n_steps=(math.inf if discrete_T is None else float(discrete_T)) if n is None else float(n),
             value=float(units.nats_to(mean, unit, spec.ndim)), stderr=float(units.nats_to(se, unit, spec.ndim)),

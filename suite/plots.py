@@ -114,7 +114,7 @@ def sample_grid(method, spec, path: Path, n_steps_list=(10, 100), num: int = 36,
     was = method.training
     method.eval()
     out = []
-    T = None if getattr(method, "continuous_time", True) else getattr(method, "T", None)
+    T = method.num_steps
     if T is not None:  # a discrete-time model samples on (a sub-sequence of) its trained grid
         n_steps_list = sorted({min(n, T) for n in n_steps_list})
     for n in n_steps_list:
@@ -122,7 +122,7 @@ def sample_grid(method, spec, path: Path, n_steps_list=(10, 100), num: int = 36,
         x = method.sample(num, n, generator=g).cpu()
         p = Path(path).with_name(f"{Path(path).stem}_n{n}.png")
         p.parent.mkdir(parents=True, exist_ok=True)
-        res = show.render(spec, x, p, title=f"{getattr(method, 'registered_name', method.name)}, {n} steps")
+        res = show.render(spec, x, p, title=f"{method.label}, {n} steps")
         if isinstance(res, list):
             p = p.with_suffix(".txt")
             p.write_text("\n".join(res) + "\n")

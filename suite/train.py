@@ -118,8 +118,7 @@ def build(cfg: RunConfig) -> tuple[Method, object]:
             raise
         raise ConfigError(f"config method_kwargs.{m[1]}: method {cfg.method!r} has no option {m[1]!r}; its options: "
                           f"{', '.join(method_options(cfg.method)) or '(none)'}") from None
-    method.registered_name = cfg.method
-    return method, data
+    return method, data  # build_method has set method.registered_name = cfg.method
 
 
 def _finite(module: torch.nn.Module) -> bool:

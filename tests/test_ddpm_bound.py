@@ -153,7 +153,7 @@ def test_kl_terms_match_monte_carlo_and_gaussian_conditioning():
     x0 = random_images(1, shape, K)
     for t in range(2, T + 1):
         g = torch.Generator().manual_seed(t)
-        term = model.step_terms(x0, torch.tensor([t]), tab, clip=False, generator=g).double()
+        term = model.step_term(x0, torch.tensor([t]), tab, clip=False, generator=g).double()
         g = torch.Generator().manual_seed(t)  # replay the same x_t
         eps = torch.randn(x0.shape, generator=g)
         x_t = tab.abar[t - 1].sqrt().float() * x0 + tab.one_m_abar[t - 1].sqrt().float() * eps
@@ -183,7 +183,7 @@ def test_decoder_term_is_minus_log_bin_mass():
     tab = model.grid(None)
     x0 = bin_centres_from_index(torch.tensor([[0, 3, 7, 8, 12, 15]]), K)
     g = torch.Generator().manual_seed(3)
-    term = model.step_terms(x0, torch.tensor([1]), tab, clip=False, generator=g)
+    term = model.step_term(x0, torch.tensor([1]), tab, clip=False, generator=g)
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
     x1 = tab.abar[0].sqrt().float() * x0 + tab.one_m_abar[0].sqrt().float() * eps
     mean, logvar, _ = model.reverse(net(x1[..., None], torch.tensor([1 / 5])), x1, torch.tensor([1]), tab, clip=False)
@@ -222,8 +222,8 @@ def test_clamping_x0_hat_never_loosens_the_bound():
     free = DDPM(spec_for(shape, K), net, clip_denoised=False, **kw)
     x = random_images(16, shape, K, seed=9)
     with torch.no_grad():
-        a = clamped.all_step_terms(x, generator=torch.Generator().manual_seed(1))
-        b = free.all_step_terms(x, generator=torch.Generator().manual_seed(1))
+        a = clamped.step_terms(x, generator=torch.Generator().manual_seed(1))
+        b = free.step_terms(x, generator=torch.Generator().manual_seed(1))
     assert torch.all(a[:, 1:] <= b[:, 1:] + 1e-6)  # KL terms
     assert (a < b - 1e-3).any()  # the clamp does act here
 
@@ -246,7 +246,7 @@ def test_oracle_single_image_bound_is_prior_plus_decoder_and_tends_to_zero():
     prior = float(gaussian_kl_to_standard(tab.abar[-1].sqrt() * x_star.double(), tab.one_m_abar[-1],
                                           tab.one_m_abar[-1].log()).sum())
     with torch.no_grad():
-        terms = model.all_step_terms(x_star.repeat(2, 1), generator=torch.Generator().manual_seed(0))
+        terms = model.step_terms(x_star.repeat(2, 1), generator=torch.Generator().manual_seed(0))
         single = model.nll(x_star.repeat(2000, 1), generator=torch.Generator().manual_seed(1))
     assert terms[:, 1:].abs().max().item() < 1e-7  # every KL vanishes
     assert terms[:, 0].double().mean().item() == pytest.approx(dec, rel=1e-4, abs=1e-9)

@@ -103,8 +103,10 @@ def test_registry_builds_on_shared_backbones(backbone, kwargs, K, shape):
     """build_method("masked_diffusion") on suite.nets backbones (K + 1 inputs incl. the mask, K outputs)."""
     m = build_method("masked_diffusion", spec_of(K, shape), backbone=backbone, backbone_kwargs=kwargs)
     x = torch.randint(K, (3, *shape))
-    terms = m.bound_terms(x, 4)
+    terms = m.full_bound_terms(x, 4)
     assert set(terms) == {"prior", "recon", "diffusion"} and all(v.shape == (3,) for v in terms.values())
+    one = m.bound_terms(x, 4)  # one draw of the one-pass estimator, by the same terms
+    assert set(one) == {"prior", "recon", "diffusion"} and all(v.shape == (3,) for v in one.values())
     assert torch.isfinite(m.nll(x)).all() and m.sample(2, 3).shape == (2, *shape)
 
 
@@ -182,7 +184,7 @@ def test_full_bound_equals_single_t_estimator_in_expectation(n, t_sampling):
     m = MaskedDiffusion(spec_of(K, (D,)), TinyNet((D,), K + 1, K), alpha0=0.95, alpha1=0.05, t_sampling=t_sampling)
     x = torch.randint(K, (4, D)).repeat(N // 4, 1)
     with torch.no_grad():
-        full = sum(m.bound_terms(x[: N // 8], n, generator=torch.Generator().manual_seed(1)).values())
+        full = sum(m.full_bound_terms(x[: N // 8], n, generator=torch.Generator().manual_seed(1)).values())
         single = m.nll(x, n, generator=torch.Generator().manual_seed(2))
     (m1, s1), (m2, s2) = mean_se(full), mean_se(single)
     if t_sampling == "stratified":
@@ -209,7 +211,7 @@ def test_marginal_oracle_bound_equals_data_nll(schedule, a0, a1):
     target = -log_p[x].sum(1) + a1 * (math.log(K) + log_p[x]).sum(1)
     for n in (None, 1, 4):
         assert_mc_equal(m.nll(x, n, generator=torch.Generator().manual_seed(7)), target)
-    assert_mc_equal(sum(m.bound_terms(x[:4000], 3, generator=torch.Generator().manual_seed(8)).values()), target[:4000])
+    assert_mc_equal(sum(m.full_bound_terms(x[:4000], 3, generator=torch.Generator().manual_seed(8)).values()), target[:4000])
 
 
 def copy_data_bound(m: MaskedDiffusion, L: int, n: int) -> float:

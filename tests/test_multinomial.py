@@ -101,8 +101,10 @@ def test_registry_builds_on_shared_backbones(backbone, kwargs, K, shape):
     """build_method("multinomial_diffusion") on suite.nets backbones: text (K = 27) and binarised images (K = 2)."""
     m = build_method("multinomial_diffusion", spec_of(K, shape), backbone=backbone, backbone_kwargs=kwargs, T=20)
     x = torch.randint(K, (3, *shape))
-    terms = m.bound_terms(x, 4)
+    terms = m.full_bound_terms(x, 4)
     assert set(terms) == {"prior", "decoder", "diffusion"} and all(v.shape == (3,) for v in terms.values())
+    one = m.bound_terms(x, 4)  # one draw of the one-pass estimator, by the same terms
+    assert set(one) == {"prior", "decoder", "diffusion"} and all(v.shape == (3,) for v in one.values())
     assert torch.isfinite(m.nll(x)).all() and m.sample(2, 3).shape == (2, *shape)
 
 
@@ -205,7 +207,7 @@ def test_full_bound_equals_single_t_estimator_in_expectation(n, t_sampling):
     m = MultinomialDiffusion(spec_of(K, (D,)), TinyNet((D,), K, K), T=8, t_sampling=t_sampling)
     x = torch.randint(K, (4, D)).repeat(N // 4, 1)
     with torch.no_grad():
-        full = sum(m.bound_terms(x[: N // 8], n, generator=torch.Generator().manual_seed(1)).values())
+        full = sum(m.full_bound_terms(x[: N // 8], n, generator=torch.Generator().manual_seed(1)).values())
         single = m.nll(x, n, generator=torch.Generator().manual_seed(2))
     j = m.sample_steps(N, n, generator=torch.Generator().manual_seed(2))  # the j's nll drew (its first draw)
     (m1, s1), (m2, s2) = mean_se(full), mean_se(single)
@@ -235,7 +237,7 @@ def test_oracle_bound_equals_data_nll(K, schedule, n):
     m = MultinomialDiffusion(spec_of(K, (D,)), DataOracle(log_p.float()), T=10, schedule=schedule)
     x0 = draw(log_p, (N, D))
     target = -log_p[x0].sum(1) + expected_prior_gap(log_p, m.grid(n).log_abar[-1], x0)
-    terms = m.bound_terms(x0, n, generator=torch.Generator().manual_seed(1))
+    terms = m.full_bound_terms(x0, n, generator=torch.Generator().manual_seed(1))
     assert_mc_equal(terms["prior"] + terms["decoder"] + terms["diffusion"], target)
     assert_mc_equal(m.nll(x0, n, generator=torch.Generator().manual_seed(2)), target)
 
@@ -249,7 +251,7 @@ def test_posterior_mean_oracle_is_looser_than_data_oracle():
     x0 = draw(log_p, (N, D))
     m = MultinomialDiffusion(spec_of(K, (D,)), PosteriorMeanOracle(log_p, multinomial_betas(T, "linear")), T=T,
                              schedule="linear")
-    terms = m.bound_terms(x0, T, generator=torch.Generator().manual_seed(1))
+    terms = m.full_bound_terms(x0, T, generator=torch.Generator().manual_seed(1))
     gap, se = mean_se(terms["prior"] + terms["decoder"] + terms["diffusion"] + log_p[x0].sum(1))
     assert gap > 10 * se and gap > 0.05, (gap, se)
 
@@ -270,7 +272,7 @@ def test_no_nan_at_edges():
         m = MultinomialDiffusion(spec_of(K, (D,)), Saturated(), T=T, schedule=schedule)
         x = torch.randint(K, (64, D))
         for n in range(1, T + 1):
-            terms = m.bound_terms(x, n)
+            terms = m.full_bound_terms(x, n)
             assert all(torch.isfinite(v).all() for v in terms.values())
         loss = m.loss(x)
         loss.mean().backward()

@@ -47,7 +47,7 @@ def binomial(T=6, spec=BIN2, net=None, **kw) -> SohlBinomial:
 
 def neg_K(m, x, n_steps=None, full=True, generator=None) -> torch.Tensor:
     """-K in nats (model space): every term but the data-space ones."""
-    terms = m.bound_terms(x, n_steps, full=full, generator=generator)
+    terms = (m.full_bound_terms if full else m.bound_terms)(x, n_steps, generator=generator)
     return sum(v for k, v in terms.items() if k not in ("log_scale", "dequantisation"))
 
 
@@ -206,7 +206,7 @@ def test_single_step_estimator_is_unbiased_for_full_bound(m_factory):
     g = torch.Generator().manual_seed(4)
     with torch.no_grad():
         single = m.bound_terms(x0.repeat(R, 1), generator=g)
-        full = m.bound_terms(x0.repeat(R, 1), full=True, generator=g)
+        full = m.full_bound_terms(x0.repeat(R, 1), generator=g)
     for k in single:
         if k != "kl":  # the fixed terms are closed forms of x^0
             assert torch.equal(single[k], full[k]), k
@@ -255,7 +255,7 @@ def test_discretised_nll_bounds_bin_probability():
     x = centres.repeat(N)[:, None]
     with torch.no_grad():
         one, one_se = per_example_mean_se(m.nll(x, 1, generator=torch.Generator().manual_seed(6)), N)
-        full, full_se = per_example_mean_se(m.nll(x, None, full=True, generator=torch.Generator().manual_seed(7)), N)
+        full, full_se = per_example_mean_se(m.full_bound(x, None, generator=torch.Generator().manual_seed(7)), N)
     normal = torch.distributions.Normal(0.0, 1.0)
     for j, c in enumerate(centres.double()):
         v = torch.linspace(c - 1 / K, c + 1 / K, 20_001, dtype=torch.float64)
@@ -273,8 +273,9 @@ def test_subgrid_with_all_steps_is_the_full_bound():
     for m, x in ((gaussian(T=7), torch.randn(5, 2)), (binomial(T=7), torch.randint(0, 2, (5, 2)))):
         with torch.no_grad():
             for full in (False, True):
-                a = m.bound_terms(x, 7, full=full, generator=torch.Generator().manual_seed(8))
-                b = m.bound_terms(x, None, full=full, generator=torch.Generator().manual_seed(8))
+                terms = m.full_bound_terms if full else m.bound_terms
+                a = terms(x, 7, generator=torch.Generator().manual_seed(8))
+                b = terms(x, None, generator=torch.Generator().manual_seed(8))
                 assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -304,11 +305,11 @@ def test_edge_values_finite_and_float32_under_autocast():
             m = gaussian(T=T, spec=spec, net=ConstNet(6, c), beta1=1e-9)
             for n in (None, 1, T):
                 for full in (False, True):
-                    v = m.nll(x, n, full=full)
+                    v = m.full_bound(x, n) if full else m.nll(x, n)
                     assert torch.isfinite(v).all(), (T, c, n, full)
             bits = torch.tensor([[0, 0], [1, 1]])
             mb = binomial(T=T, net=ConstNet(3, c), p1=0.01)
-            assert torch.isfinite(mb.nll(bits, full=True)).all()
+            assert torch.isfinite(mb.full_bound(bits)).all()
     m = gaussian(T=20, spec=spec, net=TinyMLP(spec.shape, 1, 6), schedule="learned")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         lo = m.loss(x)

@@ -208,12 +208,12 @@ def test_stratified_times_are_unbiased():
     net = TinyNet(shape, out_scale=2.0)
     x = bin_centres_from_index(torch.tensor([[2, 9, 13]]).repeat(64, 1), K)
     means = {}
-    for mode in ("uniform", "stratified"):
+    for mode in ("iid", "stratified"):
         model = fixed_vdm(shape, K, net=net, t_sampling=mode)
         g = torch.Generator().manual_seed(5)
         with torch.no_grad():
             means[mode] = torch.stack([model.nll(x, generator=g).double().mean() for _ in range(200)])
-    a, b = means["uniform"], means["stratified"]
+    a, b = means["iid"], means["stratified"]
     se = (a.var() / a.numel() + b.var() / b.numel()).sqrt()
     assert abs(a.mean() - b.mean()) < 5 * se
 

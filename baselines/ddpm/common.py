@@ -1,14 +1,18 @@
-"""Pieces shared by the Gaussian image baselines (DDPM, VDM): data checks, t sampling, the network call."""
+"""Pieces shared by the Gaussian image baselines (DDPM, VDM): data checks, the network call.
+
+t sampling (`check_t_sampling`, `sample_steps`, `uniform_times`) lives in suite/timesteps.py, `build_net` in
+suite/nets, `module_device` in suite/methods.py; they are re-exported here for the two methods.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from suite.data.base import DataSpec
-from suite.timesteps import uniform_times  # noqa: F401  (re-exported for the methods)
-
-T_SAMPLING = ("uniform", "stratified")
+from suite.data.base import DataSpec, bin_centres_from_index
+from suite.methods import module_device  # noqa: F401  (re-exported for the methods)
+from suite.nets import build_net  # noqa: F401
+from suite.timesteps import T_SAMPLING, check_t_sampling, sample_steps, uniform_times  # noqa: F401
 
 
 def check_discretised(spec: DataSpec, who: str) -> int:
@@ -24,20 +28,14 @@ def check_discretised(spec: DataSpec, who: str) -> int:
 def check_bins(x: torch.Tensor, K: int, who: str) -> torch.Tensor:
     """Bin indices of x, checking that x holds K-bin centres (2k + 1)/K - 1 (a [0, 1] or 0..255 image would not)."""
     xd = x.detach().double()
-    k = torch.round(((xd + 1) * K - 1) / 2)
-    off_grid = float((xd - (2 * k + 1) / K + 1).abs().max()) > 1e-4 if x.numel() else False
+    k = torch.round(((xd + 1) * K - 1) / 2)  # not clamped: an index outside 0..K-1 is the error reported below
+    off_grid = float((xd - bin_centres_from_index(k, K).double()).abs().max()) > 1e-4 if x.numel() else False
     if x.numel() and (bool((k < 0).any()) or bool((k > K - 1).any()) or off_grid):
         raise ValueError(
             f"{who}: x must hold the {K} bin centres (2k + 1)/{K} - 1 in [-1, 1], got values in "
             f"[{float(xd.min()):.4g}, {float(xd.max()):.4g}]; map the data with the data set's value map first"
         )
     return k.long()
-
-
-def check_t_sampling(t_sampling: str, who: str) -> str:
-    if t_sampling not in T_SAMPLING:
-        raise ValueError(f"{who}: t_sampling must be one of {T_SAMPLING}, got {t_sampling!r}")
-    return t_sampling
 
 
 def randn_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -47,13 +45,6 @@ def randn_like(x: torch.Tensor, generator: torch.Generator | None = None) -> tor
 def expand_to(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(B,) -> (B, 1, ..., 1) to broadcast against `like`."""
     return v.reshape(-1, *([1] * (like.dim() - 1)))
-
-
-def build_net(spec: DataSpec, backbone: str, backbone_kwargs: dict | None, in_features: int, out_features: int):
-    """A shared backbone from suite.nets (imported here so tests with a local net need no suite.nets)."""
-    from suite.nets import build_backbone
-
-    return build_backbone(backbone, tuple(spec.shape), in_features, out_features, **(backbone_kwargs or {}))
 
 
 class NetCaller(nn.Module):
@@ -76,11 +67,3 @@ class NetCaller(nn.Module):
             self._checked = True
         return out.float()  # losses in float32 even under autocast
 
-
-def module_device(module: nn.Module) -> torch.device:
-    """Device of a module's first parameter or buffer (oracle "networks" in tests may have neither)."""
-    for p in module.parameters():
-        return p.device
-    for b in module.buffers():
-        return b.device
-    return torch.device("cpu")

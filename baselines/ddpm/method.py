@@ -7,7 +7,8 @@
 
 The network predicts eps (and, for `learned_range`, the interpolation v of Nichol & Dhariwal 2021, Eq. 15).
 `nll` is one draw of the unbiased estimator L_T + n * term_t, t ~ U{1..n} (term_1 = L_0, term_t = L_{t-1}),
-one network pass per example; `full_bound` computes all n terms (n passes). With n < T the bound is that of
+one network pass per example (`bound_terms`: the same draw by term); `full_bound` computes all n terms (n passes;
+`full_bound_terms` by term, `step_terms` the (B, n) list). With n < T the bound is that of
 the respaced chain (a sub-sequence of the grid with composed kernels), still a bound on -ln p(x).
 """
 
@@ -31,7 +32,7 @@ from .common import (
     expand_to,
     module_device,
     randn_like,
-    uniform_times,
+    sample_steps,
 )
 from .schedules import Tables, make_betas
 
@@ -57,7 +58,7 @@ class DDPM(Method):
         loss_type: str = "hybrid",
         vlb_weight: float = 1e-3,
         clip_denoised: bool = True,
-        t_sampling: str = "uniform",
+        t_sampling: str = "iid",
     ):
         super().__init__(spec)
         self.K = check_discretised(spec, "ddpm")
@@ -80,6 +81,11 @@ class DDPM(Method):
         self.net = NetCaller(net, spec.shape, self.out_features, "ddpm")
         self._cache: dict[tuple[int, str], Tables] = {}
 
+    @property
+    def num_steps(self) -> int:
+        """The trained grid's T: n_steps=None evaluates on it, n_steps = n <= T on n of its steps."""
+        return self.T
+
     # ---- tables -------------------------------------------------------------------------------------------
     def grid(self, n_steps: int | None, device=None) -> Tables:
         """Float64 tables of the n-step chain (n = T: the trained grid), cached per (n, device)."""
@@ -91,9 +97,8 @@ class DDPM(Method):
         return self._cache[key]
 
     def sample_steps(self, B: int, n: int, device, generator=None) -> torch.Tensor:
-        """t in 1..n per example, uniform (or stratified across the batch); long."""
-        u = uniform_times(B, self.t_sampling == "stratified", device, generator)
-        return torch.clamp((u * n).long() + 1, 1, n)
+        """t in 1..n per example, iid (or stratified across the batch: t_sampling); long."""
+        return sample_steps(B, n, self.t_sampling, device, generator)
 
     # ---- one step of the reverse model ------------------------------------------------------------------
     def reverse(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, tab: Tables, clip: bool,
@@ -163,8 +168,8 @@ class DDPM(Method):
         kl = 0.5 * tab.abar[-1].float() * x0.float() ** 2 + const.float()
         return kl.flatten(1).sum(1)
 
-    def step_terms(self, x0: torch.Tensor, t: torch.Tensor, tab: Tables, clip: bool, generator=None) -> torch.Tensor:
-        """term_t (B,) at steps t (B,), one network pass with fresh noise."""
+    def step_term(self, x0: torch.Tensor, t: torch.Tensor, tab: Tables, clip: bool, generator=None) -> torch.Tensor:
+        """term_t (B,) at per-example steps t (B,) in 1..n of the chain `tab`, one network pass with fresh noise."""
         x_t, eps, out = self.forward_sample(x0, t, tab, generator)
         return self.term_from_output(out, x0, x_t, eps, t, tab, clip)
 
@@ -178,23 +183,23 @@ class DDPM(Method):
         when t >= 2 (else 0); decoder n L_0 when t = 1 (else 0); t ~ U{1..n}. Their sum is unbiased for L."""
         x0, tab = self._prepare(x, n_steps)
         t = self.sample_steps(x0.shape[0], tab.n, x0.device, generator)
-        term = tab.n * self.step_terms(x0, t, tab, self.clip_denoised, generator)
+        term = tab.n * self.step_term(x0, t, tab, self.clip_denoised, generator)
         zero = torch.zeros_like(term)
         return {"prior": self.prior_term(x0, tab), "diffusion": torch.where(t >= 2, term, zero),
                 "decoder": torch.where(t == 1, term, zero)}
 
-    def all_step_terms(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> torch.Tensor:
+    def step_terms(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> torch.Tensor:
         """(B, n): term_t for every t = 1..n with fresh noise each (n network passes); column 0 is L_0."""
         x0, tab = self._prepare(x, n_steps)
         B = x0.shape[0]
-        cols = [self.step_terms(x0, torch.full((B,), t, device=x0.device), tab, self.clip_denoised, generator)
+        cols = [self.step_term(x0, torch.full((B,), t, device=x0.device), tab, self.clip_denoised, generator)
                 for t in range(1, tab.n + 1)]
         return torch.stack(cols, 1)
 
     def full_bound_terms(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> dict[str, torch.Tensor]:
         """Every term of the n-step bound (n network passes): prior, diffusion = sum_{t>=2} L_{t-1}, decoder L_0."""
         x0, tab = self._prepare(x, n_steps)
-        terms = self.all_step_terms(x0, n_steps, generator)
+        terms = self.step_terms(x0, n_steps, generator)
         return {"prior": self.prior_term(x0, tab), "diffusion": terms[:, 1:].sum(1), "decoder": terms[:, 0]}
 
     def full_bound(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> torch.Tensor:

@@ -1,6 +1,8 @@
-"""Pieces shared by the discrete diffusion baselines: input checks, t sampling, Gumbel sampling, networks.
+"""Pieces shared by the discrete diffusion baselines: input checks, Gumbel sampling, the network call, the factory.
 
-Everything here is O(B D K) in memory: one-hot inputs and per-class logits, never a K x K matrix.
+Everything here is O(B D K) in memory: one-hot inputs and per-class logits, never a K x K matrix. t sampling
+(`check_t_sampling`, `sample_steps`, `uniform_times`) lives in suite/timesteps.py, `build_net` in suite/nets,
+`module_device` in suite/methods.py; they are re-exported here for the two methods.
 """
 
 from __future__ import annotations
@@ -9,9 +11,9 @@ import torch
 from torch import nn
 
 from suite.data.base import DataSpec
-from suite.timesteps import uniform_times  # noqa: F401  (re-exported for the methods)
-
-T_SAMPLING = ("iid", "stratified")
+from suite.methods import module_device  # noqa: F401  (re-exported for the methods)
+from suite.nets import build_net
+from suite.timesteps import T_SAMPLING, check_t_sampling, sample_steps, uniform_times  # noqa: F401
 
 
 def check_spec(spec: DataSpec, who: str) -> int:
@@ -25,12 +27,6 @@ def check_spec(spec: DataSpec, who: str) -> int:
     if K < 2:
         raise ValueError(f"{who}: need K >= 2 classes, data set {spec.name!r} has {K}")
     return K
-
-
-def check_t_sampling(t_sampling: str, who: str) -> str:
-    if t_sampling not in T_SAMPLING:
-        raise ValueError(f"{who}: t_sampling must be one of {T_SAMPLING}, got {t_sampling!r}")
-    return t_sampling
 
 
 def check_values(x: torch.Tensor, K: int, who: str) -> None:
@@ -60,13 +56,6 @@ def expand_to(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (like.dim() - 1)))
 
 
-def build_net(spec: DataSpec, backbone: str, backbone_kwargs: dict | None, in_features: int, out_features: int):
-    """A shared backbone from suite.nets (imported here so a missing suite.nets only breaks the factories)."""
-    from suite.nets import build_backbone
-
-    return build_backbone(backbone, tuple(spec.shape), in_features, out_features, **(backbone_kwargs or {}))
-
-
 def call_net(net: nn.Module, h: torch.Tensor, t: torch.Tensor, shape: tuple[int, ...], out_features: int, who: str):
     """net(h, t) with t as float32, checked to return (B, *data_shape, out_features), cast up to float32 (losses
     in float32 even under autocast)."""
@@ -80,10 +69,12 @@ def call_net(net: nn.Module, h: torch.Tensor, t: torch.Tensor, shape: tuple[int,
     return out.float()
 
 
-def module_device(module: nn.Module) -> torch.device:
-    """Device of a module's first parameter or buffer (oracle "networks" in tests may have neither)."""
-    for p in module.parameters():
-        return p.device
-    for b in module.buffers():
-        return b.device
-    return torch.device("cpu")
+
+def build_discrete(cls, spec: DataSpec, backbone: str, backbone_kwargs: dict | None, net: nn.Module | None,
+                   **hyperparameters):
+    """The factory of both discrete baselines: `cls` (a Method whose network reads K + cls.extra_input_classes
+    one-hot input features and returns K logits) on data set `spec`, with a shared backbone unless `net` is given."""
+    K = check_spec(spec, cls.name)
+    if net is None:
+        net = build_net(spec, backbone, backbone_kwargs, K + cls.extra_input_classes, K)
+    return cls(spec, net, **hyperparameters)

@@ -31,13 +31,13 @@ from suite.methods import Method, register_method
 
 from .common import (
     bernoulli,
-    build_net,
+    build_discrete,
     call_net,
     check_spec,
     check_t_sampling,
     check_values,
     gumbel_argmax,
-    module_device,
+    sample_steps,
     uniform_times,
 )
 
@@ -49,6 +49,7 @@ class MaskedDiffusion(Method):
 
     name = "masked_diffusion"
     continuous_time = True
+    extra_input_classes = 1  # the network reads one-hot z_t over the K classes and the mask
 
     def __init__(
         self,
@@ -134,8 +135,9 @@ class MaskedDiffusion(Method):
     def sample_steps(self, B: int, n: int | None, device=None, generator=None) -> torch.Tensor:
         """n None: t ~ U(0, 1] (float64; t = 0 is excluded, the weight -alpha'/(1 - alpha) is infinite there when
         alpha_0 = 1); integer n: j ~ U{1..n}. iid or stratified (u_b = (u + b/B) mod 1)."""
-        u = uniform_times(B, stratified=self.t_sampling == "stratified", device=device, generator=generator)
-        return 1 - u if n is None else (u * n).long().clamp_(0, n - 1) + 1
+        if n is None:
+            return 1 - uniform_times(B, stratified=self.t_sampling == "stratified", device=device, generator=generator)
+        return sample_steps(B, n, self.t_sampling, device, generator)
 
     def continuous_term(self, x: torch.Tensor, t: torch.Tensor, generator=None) -> torch.Tensor:
         """The L^inf integrand at t (B,): [-alpha'_t/(1 - alpha_t)] sum_{i masked} -ln mu_theta(z_t, t)_i[x_i]."""
@@ -155,7 +157,7 @@ class MaskedDiffusion(Method):
         s = self.sample_steps(x.shape[0], n, x.device, generator)
         return self.continuous_term(x, s, generator) if n is None else n * self.step_term(x, s, n, generator)
 
-    def step_terms(self, x: torch.Tensor, n_steps: int, generator=None) -> torch.Tensor:
+    def step_terms(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> torch.Tensor:
         """Every term of L^n, (B, n): column j - 1 is a one-sample estimate of term j (n network passes)."""
         self._check(x)
         n = self.resolve_steps(n_steps)
@@ -165,9 +167,9 @@ class MaskedDiffusion(Method):
         js = [torch.full((B,), j, device=x.device) for j in range(1, n + 1)]
         return torch.stack([self.step_term(x, j, n, generator) for j in js], 1)
 
-    def bound_terms(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> dict[str, torch.Tensor]:
+    def full_bound_terms(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> dict[str, torch.Tensor]:
         """prior, recon and diffusion per example. Integer n: the full L^n term by term (n passes);
-        n None: L^inf has no finite term list, so diffusion is the one-pass estimate."""
+        n None: L^inf has no finite term list, so diffusion is the one-pass estimate (as in `bound_terms`)."""
         self._check(x)
         n = self.resolve_steps(n_steps)
         diff = self.diffusion_estimate(x, None, generator) if n is None else self.step_terms(x, n, generator).sum(1)
@@ -177,21 +179,27 @@ class MaskedDiffusion(Method):
             "diffusion": diff,
         }
 
-    # ---- the contract -----------------------------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return module_device(self)
+    def full_bound(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> torch.Tensor:
+        """The bound with L^n computed term by term (n passes); n None: the one-pass L^inf estimate."""
+        return sum(self.full_bound_terms(x, n_steps, generator).values())
 
+    # ---- the contract -----------------------------------------------------------------------------------
     def _check(self, x: torch.Tensor) -> None:
         self.check_batch(x)
         check_values(x, self.K, self.name)
 
-    def nll(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> torch.Tensor:
-        """One-sample upper bound on -ln p(x): prior + recon + one-pass diffusion estimate (L^inf or L^n)."""
+    def bound_terms(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> dict[str, torch.Tensor]:
+        """One draw of the bound by term (nats per example): prior, recon and the one-pass diffusion estimate
+        (L^inf, or n term_j with j ~ U{1..n}); they sum to `nll`."""
         self._check(x)
         n = self.resolve_steps(n_steps)
-        diff = self.diffusion_estimate(x, n, generator)
-        return self.prior_term(x.shape[0], x.device) + self.recon_term(x, generator) + diff
+        diff = self.diffusion_estimate(x, n, generator)  # drawn before recon: nll's order of random draws
+        return {"prior": self.prior_term(x.shape[0], x.device), "recon": self.recon_term(x, generator),
+                "diffusion": diff}
+
+    def nll(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> torch.Tensor:
+        """One-sample upper bound on -ln p(x): prior + recon + one-pass diffusion estimate (L^inf or L^n)."""
+        return sum(self.bound_terms(x, n_steps, generator).values())
 
     def loss(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> torch.Tensor:
         """Training objective: the bound estimate (continuous time by default, as MD4 / MDLM train)."""
@@ -240,7 +248,4 @@ def build_masked_diffusion(
     **hyperparameters,
 ) -> MaskedDiffusion:
     """Factory: a shared backbone with K + 1 one-hot input features (mask included) and K output logits."""
-    K = check_spec(spec, "masked_diffusion")
-    if net is None:
-        net = build_net(spec, backbone, backbone_kwargs, K + 1, K)
-    return MaskedDiffusion(spec, net, **hyperparameters)
+    return build_discrete(MaskedDiffusion, spec, backbone, backbone_kwargs, net, **hyperparameters)

@@ -37,15 +37,14 @@ from suite.data.base import DataSpec
 from suite.methods import Method, register_method
 
 from .common import (
-    build_net,
+    build_discrete,
     call_net,
     check_spec,
     check_t_sampling,
     check_values,
     expand_to,
     gumbel_argmax,
-    module_device,
-    uniform_times,
+    sample_steps,
 )
 
 SCHEDULES = ("cosine", "linear")
@@ -107,6 +106,7 @@ class MultinomialDiffusion(Method):
 
     name = "multinomial_diffusion"
     continuous_time = False  # nll(x, None) evaluates on the full training grid of T steps
+    extra_input_classes = 0  # the network reads one-hot x_t over the K classes
 
     def __init__(
         self,
@@ -136,6 +136,11 @@ class MultinomialDiffusion(Method):
         self.betas = betas.cpu()
         self.net = net
         self._grids: dict[tuple[int, torch.device], Grid] = {}
+
+    @property
+    def num_steps(self) -> int:
+        """The trained grid's T: n_steps=None evaluates on it, n_steps = n <= T on an n-step sub-grid of it."""
+        return self.T
 
     # ---- schedule ---------------------------------------------------------------------------------------
     def resolve_steps(self, n_steps: int | None) -> int:
@@ -220,31 +225,38 @@ class MultinomialDiffusion(Method):
         cols = [self.step_term(x, torch.full((x.shape[0],), j, device=x.device), n, generator) for j in range(1, n + 1)]
         return torch.stack(cols, 1)
 
-    def bound_terms(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> dict[str, torch.Tensor]:
+    def full_bound_terms(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> dict[str, torch.Tensor]:
         """The full n-step bound term by term (n network passes): prior, decoder, diffusion (sum over j >= 2)."""
         steps = self.step_terms(x, n_steps, generator)
         return {"prior": self.prior_kl(x.shape[0], x.device), "decoder": steps[:, 0], "diffusion": steps[:, 1:].sum(1)}
 
-    # ---- the contract -----------------------------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return module_device(self)
+    def full_bound(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> torch.Tensor:
+        """The n-step NELBO computed term by term (n network passes per example), nats."""
+        return sum(self.full_bound_terms(x, n_steps, generator).values())
 
+    # ---- the contract -----------------------------------------------------------------------------------
     def _check(self, x: torch.Tensor) -> None:
         self.check_batch(x)
         check_values(x, self.K, self.name)
 
     def sample_steps(self, B: int, n: int, device=None, generator=None) -> torch.Tensor:
         """j ~ U{1..n} per example, iid or stratified (j_b = floor(n u_b) + 1, u_b = (u + b/B) mod 1)."""
-        u = uniform_times(B, stratified=self.t_sampling == "stratified", device=device, generator=generator)
-        return (u * n).long().clamp_(0, n - 1) + 1
+        return sample_steps(B, n, self.t_sampling, device, generator)
 
-    def nll(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> torch.Tensor:
-        """Unbiased one-pass estimate of the n-step NELBO: prior + n * term_j, j ~ U{1..n} per example."""
+    def bound_terms(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> dict[str, torch.Tensor]:
+        """One draw of the one-pass estimator prior + n term_j, j ~ U{1..n}, by term (nats per example): prior;
+        decoder n term_1 when j = 1 (else 0); diffusion n term_j when j >= 2 (else 0). They sum to `nll`."""
         self._check(x)
         n = self.resolve_steps(n_steps)
         j = self.sample_steps(x.shape[0], n, x.device, generator)
-        return self.prior_kl(x.shape[0], x.device) + n * self.step_term(x, j, n, generator)
+        term = n * self.step_term(x, j, n, generator)
+        zero = torch.zeros_like(term)
+        return {"prior": self.prior_kl(x.shape[0], x.device), "decoder": torch.where(j == 1, term, zero),
+                "diffusion": torch.where(j >= 2, term, zero)}
+
+    def nll(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> torch.Tensor:
+        """Unbiased one-pass estimate of the n-step NELBO: prior + n * term_j, j ~ U{1..n} per example."""
+        return sum(self.bound_terms(x, n_steps, generator).values())
 
     def loss(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> torch.Tensor:
         """Training objective: the NELBO estimate itself, on the training grid by default (Hoogeboom et al.)."""
@@ -273,7 +285,4 @@ def build_multinomial_diffusion(
     **hyperparameters,
 ) -> MultinomialDiffusion:
     """Factory: a shared backbone with K one-hot input features and K output logits (x_0 prediction)."""
-    K = check_spec(spec, "multinomial_diffusion")
-    if net is None:
-        net = build_net(spec, backbone, backbone_kwargs, K, K)
-    return MultinomialDiffusion(spec, net, **hyperparameters)
+    return build_discrete(MultinomialDiffusion, spec, backbone, backbone_kwargs, net, **hyperparameters)

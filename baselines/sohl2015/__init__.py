@@ -9,18 +9,9 @@ from baselines.sohl2015.binomial import SohlBinomial
 from baselines.sohl2015.gaussian import SohlGaussian
 from suite.data.base import DataSpec
 from suite.methods import register_method
+from suite.nets import build_net
 
 __all__ = ["SohlGaussian", "SohlBinomial"]
-
-
-def _net(
-    spec: DataSpec, net: nn.Module | None, backbone: str, backbone_kwargs: dict | None, out_features: int
-) -> nn.Module:
-    if net is not None:
-        return net
-    from suite.nets import build_backbone  # imported late: only a real run needs the shared backbones
-
-    return build_backbone(backbone, tuple(spec.shape), 1, out_features, **(backbone_kwargs or {}))
 
 
 @register_method("sohl_gaussian")
@@ -34,7 +25,9 @@ def build_sohl_gaussian(
             f"sohl_gaussian models continuous or discretised data; {spec.name!r} is {spec.kind}: "
             "use sohl_binomial for binary data"
         )
-    return SohlGaussian(spec, _net(spec, net, backbone, backbone_kwargs, 2 * hp.get("n_basis", 10)), **hp)
+    if net is None:
+        net = build_net(spec, backbone, backbone_kwargs, 1, 2 * hp.get("n_basis", 10))
+    return SohlGaussian(spec, net, **hp)
 
 
 @register_method("sohl_binomial")
@@ -47,4 +40,6 @@ def build_sohl_binomial(
             f"sohl_binomial models binary data (discrete, K = 2); {spec.name!r} is {spec.kind} with "
             f"K = {spec.num_classes}: use sohl_gaussian for continuous or discretised data"
         )
-    return SohlBinomial(spec, _net(spec, net, backbone, backbone_kwargs, hp.get("n_basis", 10)), **hp)
+    if net is None:
+        net = build_net(spec, backbone, backbone_kwargs, 1, hp.get("n_basis", 10))
+    return SohlBinomial(spec, net, **hp)

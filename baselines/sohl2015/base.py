@@ -34,7 +34,7 @@ DATA_TERMS = ("log_scale", "dequantisation")  # data-space terms: not part of K
 class SohlDiffusion(Method):
     """Shared machinery; subclasses define the kernels (see the `_` hooks below)."""
 
-    continuous_time = False
+    continuous_time = False  # n_steps=None means the trained grid of T steps
     n_readout: int  # network outputs per dimension per basis function
 
     def __init__(self, spec: DataSpec, net: nn.Module, T: int, n_basis: int, net_time_input: bool, max_batch: int):
@@ -53,6 +53,11 @@ class SohlDiffusion(Method):
         self.net_time_input = bool(net_time_input)
         self.max_batch = max_batch
         self.register_buffer("basis", temporal_basis(T, n_basis), persistent=False)
+
+    @property
+    def num_steps(self) -> int:
+        """The trained grid's T: n_steps=None evaluates on it, n_steps = n <= T on a sub-sequence of it."""
+        return self.T
 
     # ---- hooks -------------------------------------------------------------------------------------------
     def betas(self) -> torch.Tensor:
@@ -123,31 +128,34 @@ class SohlDiffusion(Method):
         return {k: v.float() for k, v in terms.items()}, y
 
     def bound_terms(
-        self,
-        x: torch.Tensor,
-        n_steps: int | None = None,
-        *,
-        full: bool = False,
-        generator: torch.Generator | None = None,
+        self, x: torch.Tensor, n_steps: int | None = None, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
-        """Every term of the NLL bound, per example in nats (Tensor[B] each); they sum to `nll`.
+        """One draw of the NLL bound by term, per example in nats (Tensor[B] each), with the single-random-step
+        estimator (n - 1) KL_i, i ~ U{2..n}, as "kl"; they sum to `nll`.
 
         n_steps: None or T = the trained grid; n < T = a sub-sequence with composed forward kernels.
-        full: compute all n - 1 KL terms (n - 1 network passes) instead of the single-random-step estimator.
         """
-        return self._bound(x, n_steps, full, generator)[0]
+        return self._bound(x, n_steps, False, generator)[0]
+
+    def full_bound_terms(
+        self, x: torch.Tensor, n_steps: int | None = None, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """As `bound_terms`, with all n - 1 KL terms computed (n - 1 network passes) instead of one; they sum to
+        `full_bound`."""
+        return self._bound(x, n_steps, True, generator)[0]
 
     def nll(
-        self,
-        x: torch.Tensor,
-        n_steps: int | None = None,
-        *,
-        full: bool = False,
-        generator: torch.Generator | None = None,
+        self, x: torch.Tensor, n_steps: int | None = None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """One Monte-Carlo sample of the upper bound on -ln p(x), per example in nats (see the subclass for what
         p is: a discrete probability for discretised/discrete data, a density for continuous data)."""
-        return sum(self.bound_terms(x, n_steps, full=full, generator=generator).values())
+        return sum(self.bound_terms(x, n_steps, generator).values())
+
+    def full_bound(
+        self, x: torch.Tensor, n_steps: int | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The bound with every KL term computed (n - 1 network passes per example), nats per example."""
+        return sum(self.full_bound_terms(x, n_steps, generator).values())
 
     def loss(
         self, x: torch.Tensor, n_steps: int | None = None, *, generator: torch.Generator | None = None

@@ -25,7 +25,7 @@ from torch import nn
 from baselines.sohl2015.base import SohlDiffusion
 from baselines.sohl2015.kernels import LOG_2PI_E, gaussian_kl, gaussian_posterior
 from baselines.sohl2015.schedules import GaussianBetas
-from suite.data.base import DataSpec
+from suite.data.base import DataSpec, bin_centres_from_index
 
 REVERSE_PARAMS = ("code", "paper")
 LOGIT_MAX = 40.0  # |variance logit| cap: reverse variance >= 4e-18, so saturated outputs keep the bound finite
@@ -97,8 +97,7 @@ class SohlGaussian(SohlDiffusion):
         x = y * self.data_scale + self.data_shift
         if self.spec.kind == "discretised":  # snap to the nearest bin centre
             Kb = self.spec.num_classes
-            k = torch.clamp(torch.floor((x + 1) * Kb / 2), 0, Kb - 1)
-            x = (2 * k + 1) / Kb - 1
+            x = bin_centres_from_index(torch.clamp(torch.floor((x + 1) * Kb / 2), 0, Kb - 1), Kb)
         return x
 
     def _log_null(self, y, x):

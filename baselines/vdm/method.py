@@ -89,7 +89,7 @@ class VDM(Method):
         gamma_min: float = -13.3,
         gamma_max: float = 5.0,
         learned_gamma: bool = True,
-        t_sampling: str = "uniform",
+        t_sampling: str = "iid",
     ):
         super().__init__(spec)
         self.K = check_discretised(spec, "vdm")
@@ -146,7 +146,7 @@ class VDM(Method):
         return {"prior": self.prior_term(x), "recon": self.recon_term(k, generator),
                 "diffusion": self.diffusion_term(x, n_steps, generator)}
 
-    def all_step_terms(self, x: torch.Tensor, n_steps: int, generator=None) -> torch.Tensor:
+    def step_terms(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> torch.Tensor:
         """(B, n): 0.5 expm1(gamma(i/n) - gamma((i-1)/n)) ||eps - eps_hat||^2 for i = 1..n, fresh noise each."""
         if n_steps is None:
             raise ValueError("vdm: the term-by-term bound needs a number of steps n; continuous time has no terms")
@@ -158,13 +158,14 @@ class VDM(Method):
             cols.append(self.diffusion_at(x, t, torch.expm1(self.gamma.increment(s, t)), generator))
         return torch.stack(cols, 1)
 
-    def full_bound_terms(self, x: torch.Tensor, n_steps: int, generator=None) -> dict[str, torch.Tensor]:
+    def full_bound_terms(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> dict[str, torch.Tensor]:
         """The n-step bound term by term (n network passes): prior, recon (one z_0 draw), diffusion = sum_i."""
         xf, k = self._prepare(x, n_steps)
-        steps = self.all_step_terms(x, n_steps, generator)
+        steps = self.step_terms(x, n_steps, generator)
         return {"prior": self.prior_term(xf), "recon": self.recon_term(k, generator), "diffusion": steps.sum(1)}
 
-    def full_bound(self, x: torch.Tensor, n_steps: int, generator=None) -> torch.Tensor:
+    def full_bound(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> torch.Tensor:
+        """The n-step bound computed term by term (n network passes per example), nats."""
         return sum(self.full_bound_terms(x, n_steps, generator).values())
 
     def nll(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> torch.Tensor:

@@ -3,6 +3,7 @@
     net = build_backbone("unet", (1, 28, 28), in_features=1, out_features=2, block_out_channels=(32, 64))
     net = build_backbone("unet_mnist_paper", (1, 28, 28), 1, 1)     # a preset: backbone + sizes, overridable
     out = net(h, t)   # h (B, *data_shape, in_features), t (B,) in [0, 1] -> (B, *data_shape, out_features)
+    net = build_net(spec, "mlp", {"hidden": 64}, in_features=2, out_features=2)  # what the methods' factories call
 
 Backbone modules are imported on first use, so `import suite.nets` does not import diffusers.
 """
@@ -14,7 +15,8 @@ import inspect
 
 from torch import nn
 
-__all__ = ["build_backbone", "backbone_names", "preset_names", "preset", "count_parameters"]
+__all__ = ["build_backbone", "build_net", "default_backbone", "backbone_names", "preset_names", "preset",
+           "count_parameters"]
 
 # name -> (module, class)
 _BACKBONES = {
@@ -74,6 +76,22 @@ def build_backbone(name: str, data_shape, in_features: int, out_features: int, *
     if bad:
         raise ValueError(f"backbone {name!r} has no option(s) {', '.join(bad)}; its options: {', '.join(allowed)}")
     return cls(tuple(data_shape), in_features, out_features, **kwargs)
+
+
+def default_backbone(spec) -> str:
+    """mlp for toys, unet for images (C, H, W), transformer for sequences longer than 64."""
+    if len(spec.shape) == 3:
+        return "unet"
+    if len(spec.shape) == 1 and spec.shape[0] > 64:
+        return "transformer"
+    return "mlp"
+
+
+def build_net(spec, backbone: str | None, backbone_kwargs: dict | None, in_features: int, out_features: int) -> nn.Module:
+    """The network of a method's factory: backbone (or preset) `backbone` for data set `spec`'s example shape, with
+    `backbone_kwargs` as its options; backbone=None picks `default_backbone(spec)`."""
+    return build_backbone(backbone or default_backbone(spec), tuple(spec.shape), in_features, out_features,
+                          **(backbone_kwargs or {}))
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
