@@ -113,7 +113,8 @@ def spec(K):
 # --- names ---------------------------------------------------------------------------------------------------
 def test_quirk_names_official_and_errors():
     all5 = ("bin_floor", "categorical_floor", "gamma_float32", "log_sigma_clamp", "recon_fallback")
-    assert tuple(sorted(QUIRKS)) == all5
+    # and the discrete BFN's (tests/test_official_quirks_discrete.py): categorical_floor, flow_t_clamp, sender_samples
+    assert tuple(sorted(QUIRKS)) == tuple(sorted(all5 + ("flow_t_clamp", "sender_samples")))
     assert check_quirks("official", all5, "m") == all5 and check_quirks(None, all5, "m") == ()
     assert check_quirks(["gamma_float32", "none"], all5, "m") == ("gamma_float32",)
     net = _Fixed(torch.zeros(1, 3, 4, 4, 2))

@@ -40,8 +40,13 @@ QUIRKS = {
                  "the same for data on bin centres",
     "log_sigma_clamp": "discretised: ln sigma_eps clamped to [-10, 10] before scaling by sqrt((1 - gamma) / gamma), then "
                        "sigma_x to [1e-3, 10] (exact: ln sigma_x clamped to [ln 1e-3, ln 10] only)",
-    "categorical_floor": "discretised L^n: receiver weights p_O(k) as float32 differences of Phi at the edges, passed through "
-                         "torch's Categorical(probs=): floored at float32 eps 1.19e-7 and renormalised",
+    "categorical_floor": "L^n receiver weights passed through torch's Categorical(probs=): p / sum p clamped to "
+                         "[eps, 1 - eps] (float32 eps 1.19e-7) and renormalised; discretised: p_O(k) as float32 "
+                         "differences of Phi at the edges; discrete: float32 p_O (K = 2: (1 - sigmoid(l), sigmoid(l)))",
+    "sender_samples": "discrete L^n: the mean over 10 sender draws y per flow draw theta (the official "
+                      "discrete_time_loss's n_samples=10), not one",
+    "flow_t_clamp": "discrete flow: beta = (sqrt(beta1) min(t, 1 - 1e-6))^2 in float32, theta uniform where sqrt(beta) "
+                    "< 1e-10 (the official epsilon, min_sqrt_beta); L^r's theta at beta1 (1 - 1e-6)^2; the network sees t",
 }
 OFFICIAL_MIN_PROB = 1e-5  # the official DiscretizedCtsDistribution's min_prob (recon_fallback)
 

@@ -20,6 +20,18 @@ Network input: 2 theta - 1 (K features); for K = 2 a single feature and a single
 p_O(1) = sigmoid(l). `input_convention` picks the K = 2 feature: "suite" 2 theta_1 - 1 (this suite's own
 networks), "official" 2 theta_0 - 1 = 2 P(class 0) - 1, what the official MNIST checkpoint was trained on
 (its flow returns theta_0 only; docs/official.md). For K > 2 both are 2 theta - 1.
+
+Official-code quirks (`quirks=...`, continuous.QUIRKS; shared/reference/official_quirks.md, docs/official.md):
+  categorical_floor  L^n's receiver weights p_O as the official code forms them (float32 probabilities; K = 2:
+                     (1 - sigmoid(l), sigmoid(l))) through torch's Categorical(probs=): p / sum p clamped to
+                     [eps, 1 - eps] (float32 eps 1.19e-7) and renormalised (mixture.categorical_log_weights)
+  sender_samples     L^n averages OFFICIAL_SENDER_SAMPLES = 10 sender draws y per flow draw theta (the official
+                     discrete_time_loss's n_samples=10), where the exact path draws one (both unbiased)
+  flow_t_clamp       the flow's beta = (sqrt(beta1) min(t, 1 - 1e-6))^2 in float32, theta uniform where
+                     sqrt(beta) < 1e-10 (the official DiscreteBayesianFlow's epsilon, min_sqrt_beta); the network
+                     still sees t. So L^r's theta is drawn at beta1 (1 - 1e-6)^2, not beta1
+Off by default (training and the suite's evaluation: the exact computation, one Python flag check per call);
+"official" turns on all three.
 """
 
 from __future__ import annotations
@@ -30,12 +42,17 @@ import torch
 import torch.nn.functional as F
 
 from suite.bfn.base import BFN, build_net, paper_hparams
+from suite.bfn.continuous import check_quirks
+from suite.bfn.mixture import categorical_log_weights
 from suite.bfn.schedules import DiscreteSchedule
 from suite.methods import register_method
 
 Tensor = torch.Tensor
 RECEIVERS = ("paper", "factorised_1d")
 INPUT_CONVENTIONS = ("suite", "official")
+OFFICIAL_SENDER_SAMPLES = 10  # quirk sender_samples: DiscreteBayesianFlowLoss.discrete_time_loss(n_samples=10)
+OFFICIAL_FLOW_EPS = 1e-6  # quirk flow_t_clamp: DiscreteBayesianFlow(epsilon=1e-6) clamps t to <= 1 - epsilon
+OFFICIAL_MIN_SQRT_BETA = 1e-10  # quirk flow_t_clamp: and min_sqrt_beta, below which theta is uniform
 
 
 def paper_receiver_kl(log_p: Tensor, x: Tensor, eps: Tensor, alpha: Tensor) -> Tensor:
@@ -74,16 +91,36 @@ def factorised_receiver_kl(log_p: Tensor, x: Tensor, eps: Tensor, alpha: Tensor)
     return -torch.logaddexp(log_p + u - shift, log_1mp - shift).sum(-1)
 
 
+def official_receiver_log_weights(log_p: Tensor) -> Tensor:
+    """ln of the receiver's mixture weights in the official discrete L^n (quirk `categorical_floor`): p_O in
+    float32 as its distribution factory gives them (K = 2: Bernoulli.probs = (1 - p_1, p_1), the complement a
+    float32 difference; K > 2: softmax), passed through Categorical(probs=) inside MixtureSameFamily: p / sum p
+    clamped to [eps, 1 - eps] (float32 eps) and renormalised. log_p: (..., K) ln p_O; returns (..., K)."""
+    p = log_p.float().exp()
+    if p.shape[-1] == 2:
+        p1 = p[..., 1:]
+        p = torch.cat([1.0 - p1, p1], -1)
+    return categorical_log_weights(p)
+
+
 class DiscreteBFN(BFN):
     name = "bfn_discrete"
+    #: the official-code quirks (continuous.QUIRKS) this method can reproduce
+    allowed_quirks: tuple[str, ...] = ("categorical_floor", "flow_t_clamp", "sender_samples")
 
     def __init__(self, spec, net, beta1: float | None = None, receiver: str = "paper", final: str = "sample",
-                 input_convention: str = "suite"):
+                 input_convention: str = "suite", quirks=()):
         """beta1: final accuracy; default the paper's value for its data: 9 for K = 2 (binarised MNIST,
         sqrt(beta1) = 3), 0.5625 otherwise (text8, sqrt(beta1) = 0.75). input_convention: the K = 2 network
-        input, "suite" (2 theta_1 - 1) or "official" (2 theta_0 - 1, the official checkpoints')."""
+        input, "suite" (2 theta_1 - 1) or "official" (2 theta_0 - 1, the official checkpoints'). quirks:
+        official-code quirks to reproduce (continuous.QUIRKS; "official" = categorical_floor, flow_t_clamp,
+        sender_samples); none by default."""
         self.check_spec(spec)
         super().__init__(spec, net, final)
+        self.quirks = check_quirks(quirks, self.allowed_quirks, self.name)
+        self._categorical_floor = "categorical_floor" in self.quirks
+        self._sender_samples = OFFICIAL_SENDER_SAMPLES if "sender_samples" in self.quirks else 1
+        self._flow_t_clamp = "flow_t_clamp" in self.quirks
         if receiver not in RECEIVERS:
             raise ValueError(
                 f"receiver must be 'paper' (the K-dim mixture, paper Eq. 190) or 'factorised_1d' (the reference code's "
@@ -142,7 +179,12 @@ class DiscreteBFN(BFN):
 
     def flow(self, x: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
         """y ~ N(beta (K e_x - 1), beta K I) (MATH.md s.5); returns y, the logits of theta = softmax(y)."""
-        beta = self.bcast(self.schedule.beta(t)).float()[..., None]
+        if self._flow_t_clamp:  # quirk: the official flow's t <= 1 - 1e-6 and sqrt(beta) >= 1e-10, in float32
+            sqrt_beta = t.float().clamp(max=1 - OFFICIAL_FLOW_EPS) * math.sqrt(self.beta1)
+            beta = torch.where(sqrt_beta < OFFICIAL_MIN_SQRT_BETA, 0.0, sqrt_beta.square())  # beta 0: uniform theta
+            beta = self.bcast(beta)[..., None]
+        else:
+            beta = self.bcast(self.schedule.beta(t)).float()[..., None]
         noise = torch.randn(*x.shape, self.K, device=x.device) if noise is None else noise
         return beta * (self.K * F.one_hot(x, self.K).float() - 1) + torch.sqrt(beta * self.K) * noise
 
@@ -156,12 +198,23 @@ class DiscreteBFN(BFN):
     def loss_nstep(
         self, x: Tensor, i: Tensor, n: int, noise: Tensor | None = None, y_noise: Tensor | None = None
     ) -> Tensor:
-        """n [ln p_S(y | x; alpha_i) - ln p_R(y | theta; t_{i-1}, alpha_i)], one sender draw (paper Eq. 189-190)."""
+        """n [ln p_S(y | x; alpha_i) - ln p_R(y | theta; t_{i-1}, alpha_i)] (paper Eq. 189-190), y = alpha_i
+        (K e_x - 1) + sqrt(alpha_i K) y_noise: one sender draw (y_noise shaped like ln p_O, (B, *shape, K)), or
+        the mean over y_noise's leading axis when it has one more (quirk sender_samples draws 10 so)."""
         t = (i.to(torch.float64) - 1) / n
         log_p = self.log_output(self.flow(x, t, noise), t)
         alpha = self.bcast(self.schedule.alpha_i(i, n)).float().expand(x.shape)
-        y_noise = torch.randn_like(log_p) if y_noise is None else y_noise
-        kl = (paper_receiver_kl if self.receiver == "paper" else factorised_receiver_kl)(log_p, x, y_noise, alpha)
+        if y_noise is None:
+            S = self._sender_samples
+            y_noise = torch.randn_like(log_p) if S == 1 else torch.randn(S, *log_p.shape, device=log_p.device)
+        if self._categorical_floor:  # quirk: the official receiver weights (floored, renormalised)
+            log_p = official_receiver_log_weights(log_p)
+        kl_fn = paper_receiver_kl if self.receiver == "paper" else factorised_receiver_kl
+        if y_noise.dim() == log_p.dim() + 1:  # several sender draws per theta: their mean
+            S = y_noise.shape[0]
+            kl = kl_fn(log_p, x.expand(S, *x.shape), y_noise, alpha.expand(S, *x.shape)).mean(0)
+        else:
+            kl = kl_fn(log_p, x, y_noise, alpha)
         return n * self.per_example(kl)
 
     def recon(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
@@ -200,7 +253,8 @@ def bfn_discrete(
     spec, backbone: str | None = None, backbone_kwargs: dict | None = None, net=None, **hparams
 ) -> DiscreteBFN:
     """BFN for discrete data. Hyperparameters: beta1, receiver ("paper" | "factorised_1d"), final,
-    input_convention ("suite" | "official", the K = 2 network input); the reference config's
+    input_convention ("suite" | "official", the K = 2 network input), quirks (official-code quirks,
+    continuous.QUIRKS: categorical_floor, flow_t_clamp, sender_samples; none by default); the reference config's
     `max_sqrt_beta` (= sqrt(beta1)) is accepted and converted."""
     DiscreteBFN.check_spec(spec)
     out = 1 if spec.num_classes == 2 else spec.num_classes
