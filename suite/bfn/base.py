@@ -19,6 +19,7 @@ from torch import nn
 from suite import timesteps
 from suite.bfn.schedules import check_n_steps, from_reference_config
 from suite.methods import Method
+from suite.nets import build_net, default_backbone  # noqa: F401 - one home; the variants import them from here
 
 Tensor = torch.Tensor
 FINAL = ("sample", "mode")
@@ -37,25 +38,6 @@ def check_t_min(t_min: float) -> float:
     if not 0.0 <= float(t_min) < 1.0:
         raise ValueError(f"t_min must lie in [0, 1) (below it x-hat = 0; the reference uses 1e-6), got {t_min!r}")
     return float(t_min)
-
-
-def default_backbone(spec) -> str:
-    """mlp for toys, unet for images (C, H, W), transformer for sequences longer than 64."""
-    if len(spec.shape) == 3:
-        return "unet"
-    if len(spec.shape) == 1 and spec.shape[0] > 64:
-        return "transformer"
-    return "mlp"
-
-
-def build_net(
-    spec, backbone: str | None, backbone_kwargs: dict | None, in_features: int, out_features: int
-) -> nn.Module:
-    from suite.nets import build_backbone  # imported on use: suite.nets may pull in diffusers
-
-    return build_backbone(
-        backbone or default_backbone(spec), spec.shape, in_features, out_features, **(backbone_kwargs or {})
-    )
 
 
 def paper_hparams(cfg: dict) -> dict:
