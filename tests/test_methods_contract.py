@@ -177,3 +177,17 @@ def test_evaluator_reads_num_steps_and_registered_name():
     assert {r["method"] for r in rows} == {"multinomial_diffusion"}
     assert [r["n_steps"] for r in rows] == [8.0, 2.0]  # 8 = num_steps is n=None's grid; 100 > num_steps skipped
     assert all(math.isfinite(r["value"]) for r in rows)
+
+
+@pytest.mark.parametrize("name", ["bfn_continuous", "bfn_discretised", "bfn_discrete"])
+def test_bfn_bound_terms_are_its_loss_and_reconstruction(name):
+    """BFN's bound (MATH.md s.2): L^n (or L^inf) + L^r, the two terms named as the baselines name theirs."""
+    m = build(name).eval()
+    x = batch(m.spec)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        terms = m.bound_terms(x, 3)
+        torch.manual_seed(5)
+        loss, recon = m.loss(x, 3), m.recon(x)
+    assert set(terms) == {"diffusion", "recon"}
+    assert torch.equal(terms["diffusion"], loss) and torch.equal(terms["recon"], recon)

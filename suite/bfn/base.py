@@ -97,6 +97,10 @@ class BFN(Method):
         """One sample of L^n + L^r (or L^inf + L^r) >= -ln p(x), independent theta draws (MATH.md s.2)."""
         return self.loss(x, n_steps) + self.recon(x)
 
+    def bound_terms(self, x: Tensor, n_steps: int | None = None) -> dict[str, Tensor]:
+        """nll by term, on the same draws in the same order: "diffusion" = L^n (or L^inf), "recon" = L^r."""
+        return {"diffusion": self.loss(x, n_steps), "recon": self.recon(x)}
+
     def sample(self, num: int, n_steps: int, generator: torch.Generator | None = None) -> Tensor:
         from suite.bfn.sampler import sample
 
