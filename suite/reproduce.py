@@ -17,9 +17,10 @@ Two estimators, named in every cell:
 
 Official-code quirks (suite/bfn/continuous.py QUIRKS, docs/official.md): the reference protocol turns on, by
 default, every quirk of the official code that the cell's method can reproduce (`quirks="official"`: the
-Gaussian-flow BFNs' categorical_floor, recon_fallback, log_sigma_clamp, gamma_float32, bin_floor); the suite
-protocol keeps the exact computation. `quirks=` overrides either. Every cell names the quirks it used (column
-`quirks` of cells.csv and tables.md; "none" = the exact computation).
+Gaussian-flow BFNs' categorical_floor, recon_fallback, log_sigma_clamp, gamma_float32, bin_floor; the discrete
+BFN's categorical_floor, flow_t_clamp, sender_samples); the suite protocol keeps the exact computation.
+`quirks=` overrides either; each cell takes the named quirks its method has (`cell_quirks`). Every cell names
+the quirks it used (column `quirks` of cells.csv and tables.md; "none" = the exact computation).
 
 `--budget SECONDS` caps each cell: after one timed batch the repeats (and, if one pass cannot fit, the number
 of test examples) are cut to fit, and the cell says so. A user trades time for precision knowingly: the s.e.
@@ -93,11 +94,26 @@ def default_quirks(protocol: str):
     return "official" if protocol == "reference" else ()
 
 
+def cell_quirks(method: str, protocol: str, quirks=None):
+    """The `quirks=` of a cell's method: the protocol's default (None), else those of the named quirks that
+    `method` has ("official" and "none" as they are; an unknown name is kept, so the method names it in its
+    error), so one list serves a run over Gaussian-flow and discrete cells alike."""
+    from suite.bfn import ContinuousBFN, DiscreteBFN, DiscretisedBFN
+    from suite.bfn.continuous import QUIRKS
+
+    if quirks is None:
+        return default_quirks(protocol)
+    allowed = {"bfn_continuous": ContinuousBFN, "bfn_discretised": DiscretisedBFN,
+               "bfn_discrete": DiscreteBFN}[method].allowed_quirks  # fmt: skip
+    names = (quirks,) if isinstance(quirks, str) else tuple(quirks)
+    return tuple(q for q in names if q in ("official", "none") or q in allowed or q not in QUIRKS)
+
+
 def build(config: str, path: Path, data_dir: Path | None, protocol: str, device: str, data_options: dict | None = None,
           quirks=None):  # fmt: skip
     """(method, data set) for one official checkpoint: the suite's BFN method with the official network.
-    quirks: the official-code quirks (None = the protocol's default, `default_quirks`); only the Gaussian-flow
-    BFNs (continuous, discretised) have any, the discrete BFN's official conventions are its hyperparameters."""
+    quirks: the official-code quirks (None = the protocol's default, `default_quirks`; names a method lacks are
+    left out for its cells, `cell_quirks`)."""
     from suite.data import get_dataset
     from suite.methods import build_method
     from suite.nets.official import OfficialNet, load_official, official_config
@@ -116,8 +132,7 @@ def build(config: str, path: Path, data_dir: Path | None, protocol: str, device:
     if torch.device(device).type == "cuda":
         net.autocast_dtype = torch.bfloat16
     hparams = dict(suite_cfg["hparams"])
-    if suite_cfg["method"] in ("bfn_continuous", "bfn_discretised"):
-        hparams["quirks"] = default_quirks(protocol) if quirks is None else quirks
+    hparams["quirks"] = cell_quirks(suite_cfg["method"], protocol, quirks)
     method = build_method(suite_cfg["method"], spec, net=net, **hparams).to(device).eval()
     return method, data
 
@@ -193,8 +208,9 @@ def reproduce(checkpoints: Path, data_dir: Path | None, tables=(1, 2, 3, 4, 5), 
               steps: list | None = None, seed: int = 1, device: str | None = None, progress: bool = True,
               log=print, data_options: dict | None = None, quirks=None):
     """Rows, one per (table, cell, n_steps): regenerated value and s.e. beside the published number.
-    quirks: official-code quirks for the Gaussian-flow cells (None = the protocol's default: all for
-    reference, none for suite); each row's `quirks` names those used ("none": the exact computation)."""
+    quirks: official-code quirks (None = the protocol's default: all that apply for reference, none for
+    suite; names a cell's method lacks are left out there); each row's `quirks` names those used ("none": the
+    exact computation)."""
     from tqdm.auto import tqdm
 
     from suite.results import load_reference

@@ -89,12 +89,39 @@ def test_end_to_end_on_the_small_mnist_checkpoint(tmp_path):
         assert math.isfinite(r["value"]) and r["stderr"] > 0 and r["unit"] == "nats/image"
         assert r["n_repeats"] == 3 and r["n_examples"] == 10 and "reference (official test.py)" in r["protocol"]
         assert "first 10 of 12" in r["protocol"]
-        assert r["quirks"] == "none"  # the discrete BFN: its official conventions are hyperparameters, no quirks
+        assert r["quirks"] == "categorical_floor+flow_t_clamp+sender_samples"  # the discrete BFN's, all three
     again = reproduce(REF / "small", tmp_path / "data", **kw)
     assert [r["value"] for r in again] == [r["value"] for r in rows]
     csv, md = write(rows, tmp_path / "out")
     assert "## Table 2" in md.read_text() and "95.21" in md.read_text() and csv.is_file()
     assert "| protocol | quirks |" in md.read_text() and "quirks" in csv.read_text().splitlines()[0]
+
+
+@need_ref
+def test_discrete_cells_record_their_quirks_per_protocol(tmp_path):
+    """The MNIST cells: the suite protocol the exact computation ("none"); a Gaussian-flow-only name is left out
+    of a discrete cell (no error); one discrete quirk by name is recorded and changes the value."""
+    write_mnist(tmp_path / "data/mnist", n_train=20, n_test=4)
+    kw = dict(tables=[2], repeats=2, max_examples=2, steps=[10], progress=False, log=lambda s: None,
+              data_options=dict(strict_sizes=False), device="cpu")  # fmt: skip
+    suite = reproduce(REF / "small", tmp_path / "data", protocol="suite", **kw)
+    assert [r["quirks"] for r in suite] == ["none"]
+    other = reproduce(REF / "small", tmp_path / "data", quirks=("recon_fallback",), **kw)
+    assert [r["quirks"] for r in other] == ["none"]
+    samples = reproduce(REF / "small", tmp_path / "data", quirks=("sender_samples", "bin_floor"), **kw)
+    assert [r["quirks"] for r in samples] == ["sender_samples"]
+    assert samples[0]["value"] != other[0]["value"]
+
+
+def test_cell_quirks_per_method():
+    from suite.reproduce import cell_quirks
+
+    assert cell_quirks("bfn_discrete", "reference") == "official" and cell_quirks("bfn_discrete", "suite") == ()
+    names = ("recon_fallback", "categorical_floor", "sender_samples")
+    assert cell_quirks("bfn_discrete", "reference", names) == ("categorical_floor", "sender_samples")
+    assert cell_quirks("bfn_discretised", "suite", names) == ("recon_fallback", "categorical_floor")
+    assert cell_quirks("bfn_continuous", "suite", "official") == ("official",)
+    assert cell_quirks("bfn_discrete", "suite", ["floor"]) == ("floor",)  # unknown: the method's error names it
 
 
 def test_default_quirks_per_protocol():

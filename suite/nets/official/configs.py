@@ -4,7 +4,9 @@ the official format: per part a `class_name` and its `parameters`, as make_bfn r
 Each also says which of the suite's methods and data sets it corresponds to (`suite`): the method's
 hyperparameters are the config's, in the reference names the suite's factories accept. The official code's
 quirks (suite/bfn/continuous.py QUIRKS) are not part of these: they belong to the evaluation protocol, and
-suite/reproduce.py adds `quirks="official"` to the Gaussian-flow methods under --protocol reference.
+suite/reproduce.py adds `quirks="official"` to every method (Gaussian-flow and discrete) under --protocol
+reference. The discrete configs' receiver and K = 2 input_convention are the official conventions, kept under
+both protocols.
 """
 
 from __future__ import annotations
