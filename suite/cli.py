@@ -77,18 +77,9 @@ def cmd_data(args) -> int:
 
 
 def _load_run(run_dir: str, overrides: list[str]):
-    from suite import checkpoint
-    from suite.config import RunConfig, apply, parse_overrides
-    from suite.train import build
+    from suite.runtime import load_run
 
-    state = checkpoint.load_state(run_dir)
-    cfg = apply(RunConfig(), state["config"])
-    if overrides:
-        apply(cfg, parse_overrides(overrides))
-    cfg.validate()
-    method, data = build(cfg)
-    checkpoint.load_weights(run_dir, method, use_ema=True)
-    return cfg, method, data
+    return load_run(run_dir, overrides)  # the one path from a run folder to a model (suite/runtime.py)
 
 
 def cmd_train(args) -> int:
@@ -102,18 +93,15 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    import torch
 
     from suite import results
     from suite.evaluate import evaluate
-    from suite.train import init_distributed, resolve_device
+    from suite.runtime import runtime_for
 
     # before any work: an evaluation whose numbers cannot be written is not started
     _writable(args.out, "eval --out", "pass --out DIR, a folder you can write")
     cfg, method, data = _load_run(args.run_dir, args.overrides)
-    on_gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-    info = init_distributed("cuda" if on_gpu else "cpu")  # under torchrun: shard the split across ranks
-    device = resolve_device(cfg.device, info.local_rank)
+    info, device = runtime_for(cfg.device)  # under torchrun: shard the split across ranks
     method.to(device)
     n_list = _steps(args.n_steps) if args.n_steps else cfg.eval_n_steps
     rows = evaluate(method, data, n_steps_list=n_list, split=args.split or cfg.eval_split,
@@ -135,7 +123,7 @@ def cmd_sample(args) -> int:
     import torch
 
     from suite.data import show
-    from suite.train import resolve_device
+    from suite.runtime import resolve_device
 
     cfg, method, data = _load_run(args.run_dir, [])
     method.to(resolve_device(cfg.device))

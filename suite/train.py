@@ -1,5 +1,7 @@
 """Training loop: AdamW, EMA weights, grad-norm clipping, autocast, validation, atomic checkpoints, resume.
 
+Models, devices and the process group come from suite/runtime.py (re-exported here for older imports).
+
 The same code runs on one CPU, one GPU, or under `torchrun` with DistributedDataParallel (NCCL on
 GPUs, gloo on CPUs). The optimised quantity is the per-example loss averaged over the batch and
 divided by D (nats/dim), so that gradient clipping means what it means in the BFN reference code.
@@ -8,15 +10,10 @@ divided by D (nats/dim), so that gradient clipping means what it means in the BF
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import os
-import re
 import sys
 import time
-import typing
-from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,100 +22,23 @@ from tqdm.auto import tqdm
 
 from suite import checkpoint
 from suite.config import ConfigError, RunConfig, check_writable
-from suite.data import get_dataset
-from suite.methods import Method, build_method
+from suite.methods import Method
+
+# construction and device set-up live in suite/runtime.py; re-exported for `from suite.train import build, ...`
+from suite.runtime import (  # noqa: F401
+    DistInfo,
+    autocast_for,
+    build,
+    init_distributed,
+    load_run,
+    method_options,
+    resolve_device,
+    runtime_for,
+)
 
 
 class TrainingDiverged(RuntimeError):
     """A NaN or infinite loss (or weights); the message says which checkpoint, if any, is kept."""
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"config device={name!r}: not a device; use device=auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"config device={name!r} asks for CUDA, but torch sees no GPU; use device=cpu or device=auto")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"config device={name!r}: torch sees {torch.cuda.device_count()} GPU(s), numbered from 0; "
-                          "use device=cuda or device=auto")
-    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ConfigError(f"config device={name!r}: this torch has no MPS (Apple GPU) device; use device=cpu")
-    return dev
-
-
-def autocast_for(amp: str, device: torch.device):
-    """bf16 autocast on CUDA by default; methods compute their losses in float32 regardless."""
-    if amp == "auto":
-        amp = "bf16" if device.type == "cuda" else "none"
-    if amp == "none":
-        return nullcontext(), None
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
-    return torch.autocast(device_type=device.type, dtype=dtype), scaler
-
-
-def method_options(name: str) -> list[str]:
-    """The hyperparameters (method_kwargs keys) a registered method takes, read from its class signature."""
-    from suite import methods
-
-    methods._import_all()
-    factory = methods._METHODS.get(name)
-    if factory is None:
-        return []
-    skip = {"self", "spec", "net", "backbone", "backbone_kwargs"}
-    targets = [factory]
-    if not inspect.isclass(factory):
-        try:
-            ret = typing.get_type_hints(factory).get("return")
-        except Exception:  # noqa: BLE001 - an unresolvable annotation: the factory's own signature only
-            ret = None
-        if inspect.isclass(ret):
-            targets.append(ret)
-    names = []
-    for t in targets:
-        for n, p in inspect.signature(t).parameters.items():
-            if n not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in names:
-                names.append(n)
-    return names
-
-
-def build(cfg: RunConfig) -> tuple[Method, object]:
-    data = get_dataset(cfg.dataset, cfg.data_dir, **cfg.data_kwargs)
-    try:
-        method = build_method(cfg.method, data.spec, backbone=cfg.backbone,
-                              backbone_kwargs=dict(cfg.backbone_kwargs), **cfg.method_kwargs)
-    except TypeError as e:
-        m = re.search(r"unexpected keyword argument '(\w+)'", str(e))
-        if not m or m[1] not in cfg.method_kwargs:
-            raise
-        raise ConfigError(f"config method_kwargs.{m[1]}: method {cfg.method!r} has no option {m[1]!r}; its options: "
-                          f"{', '.join(method_options(cfg.method)) or '(none)'}") from None
-    return method, data  # build_method has set method.registered_name = cfg.method
 
 
 def _finite(module: torch.nn.Module) -> bool:
@@ -156,10 +76,7 @@ def validate(method: Method, data, cfg: RunConfig, device: torch.device) -> floa
 def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
     """Train `cfg.method` on `cfg.dataset`; return the run folder (checkpoints, history.json, config)."""
     cfg.validate()
-    resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))  # a missing GPU refused before anything
-    on_gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-    info = init_distributed("cuda" if on_gpu else "cpu")
-    device = resolve_device(cfg.device, info.local_rank)
+    info, device = runtime_for(cfg.device)  # a missing GPU refused before anything
     run_dir = Path(cfg.out_dir) / cfg.name
     torch.manual_seed(cfg.seed + info.rank)
 

@@ -135,3 +135,27 @@ def test_kill_point_hook_is_inert_for_other_points_and_steps(tmp_path, monkeypat
     monkeypatch.setenv(checkpoint.KILL_ENV, "after_latest@999")
     run = train(_cfg(tmp_path, max_steps=5), progress=False)
     assert checkpoint.load_state(run)["step"] == 5
+
+
+def test_load_run_is_the_one_path_from_a_run_folder_to_a_model(tmp_path):
+    """suite.runtime.load_run: the stored config (plus overrides) built, the EMA (or raw) weights loaded, moved to
+    `device`; `config=` and `built=` (bench) skip the stored config and the second build; the moved names are
+    still importable from suite.train."""
+    import suite.runtime as rt
+    import suite.train as tr
+
+    for name in ("build", "resolve_device", "autocast_for", "init_distributed", "DistInfo", "method_options",
+                 "load_run", "runtime_for"):
+        assert getattr(tr, name) is getattr(rt, name), name
+    run = train(_cfg(tmp_path), progress=False)
+    w = _weights(run)
+    cfg, method, data = rt.load_run(run, ["eval_repeats=3"], device="cpu")
+    assert cfg.eval_repeats == 3 and cfg.max_steps == 20 and data.spec.name == "_test_blob"
+    assert torch.equal(method.mu.detach(), w["ema.mu"]) and method.registered_name == "_test_gauss"
+    _, raw, _ = rt.load_run(run, use_ema=False)
+    assert torch.equal(raw.mu.detach(), w["model.mu"])
+    built = rt.build(_cfg(tmp_path))
+    cfg2, m2, d2 = rt.load_run(run, config=cfg, built=built)
+    assert cfg2 is cfg and m2 is built[0] and d2 is built[1] and torch.equal(m2.mu.detach(), w["ema.mu"])
+    with pytest.raises(ValueError, match="overrides or config"):
+        rt.load_run(run, ["seed=1"], config=cfg)
