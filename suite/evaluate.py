@@ -1,4 +1,4 @@
-"""NLL estimation over repeats and step counts -> tidy result rows (suite/results.py schema).
+"""NLL estimation over repeats and step counts -> tidy result rows (suite/results.py make_row).
 
 Protocol (the BFN reference test script's, `estimator="plain"`): each pass draws, per example, one t
 (or step i) and one noise sample for the bound; a pass's value is the mean over the split; the reported
@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from suite import timesteps, units
+from suite import results, timesteps, units
 from suite.data.base import derive_seed
 
 
@@ -112,7 +112,7 @@ def evaluate(method, data, *, n_steps_list=(None,), split: str = "test", n_repea
         else:
             mean, se = float(means[0]), units.mean_and_stderr(per_ex)[1] if per_ex.size > 1 else math.nan
             how = "one pass; s.e. over examples"
-        rows.append(dict(
+        rows.append(results.make_row(
             method=method.label, dataset=spec.name, split=split, metric="nll",
             # None = continuous time, or a discrete-time model's full trained grid of T steps
             n_steps=(math.inf if discrete_T is None else float(discrete_T)) if n is None else float(n),
@@ -161,7 +161,7 @@ def null_model_rows(data, *, split: str = "test", max_examples: int | None = Non
     mean, se = units.mean_and_stderr(v)
     desc = ("isotropic unit Gaussian N(0, I)" if fit is None else
             "independent per-dimension categorical fitted on train (add-one smoothing)")
-    return [dict(method="null", dataset=spec.name, split=split, metric="nll", n_steps=math.nan,
+    return [results.make_row(method="null", dataset=spec.name, split=split, metric="nll", n_steps=math.nan,
                  value=float(units.nats_to(mean, unit, spec.ndim)), stderr=float(units.nats_to(se, unit, spec.ndim)),
                  unit=unit, bound="=", n_repeats=1, n_examples=len(v), n_dims=spec.ndim, seed=seed,
                  protocol=f"null model: {desc}; s.e. over examples")]

@@ -128,6 +128,33 @@ def new_run_id(prefix: str = "run") -> str:
 # ---------------------------------------------------------------- rows and tables
 
 
+#: the columns of SCHEMA a result row carries itself; the others are run-wide (filled by make_table)
+ROW_COLUMNS = ("method", "dataset", "split", "metric", "n_steps", "value", "stderr", "unit", "bound", "n_repeats",
+               "n_examples", "n_dims", "protocol", "seed", "n_params", "train_info")
+
+
+def make_row(*, method: str, dataset: str, split: str, metric: str, value: float, unit: str, bound: str,
+             n_steps: float | None = None, stderr: float | None = None, n_repeats: int | None = None,
+             n_examples: int | None = None, n_dims: int | None = None, protocol: str | None = None,
+             seed: int | None = None, n_params: int | None = None, train_info: str | None = None) -> dict:
+    """One tidy result row (the one constructor of rows; make_table turns rows into a run's table).
+
+    `value` and `stderr` are in `unit` (one of suite.units.UNITS); `n_steps` is inf for continuous time (or a
+    discrete-time model's full grid), NaN where not applicable; `bound` is one of BOUNDS. A column left None is
+    left out of the row (make_table fills it: NaN / <NA>); `make_row(**row, n_params=...)` adds to a row.
+    """
+    from suite.units import UNITS
+
+    if bound not in BOUNDS:
+        raise ResultsError(f"result row {method}/{dataset}: bound must be one of {BOUNDS}, got {bound!r}")
+    if unit not in UNITS:
+        raise ResultsError(f"result row {method}/{dataset}: unit must be one of {UNITS} (suite/units.py), got {unit!r}")
+    given = dict(method=method, dataset=dataset, split=split, metric=metric, n_steps=n_steps, value=value,
+                 stderr=stderr, unit=unit, bound=bound, n_repeats=n_repeats, n_examples=n_examples, n_dims=n_dims,
+                 protocol=protocol, seed=seed, n_params=n_params, train_info=train_info)
+    return {k: given[k] for k in ROW_COLUMNS if given[k] is not None}
+
+
 def make_table(rows: Iterable[Mapping] | pd.DataFrame, *, run_id: str | None = None,
                provenance: Provenance | None = None, config: Mapping | None = None) -> pd.DataFrame:
     """Rows (dicts with at least REQUIRED keys) -> a validated DataFrame in SCHEMA order and dtypes.

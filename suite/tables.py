@@ -4,7 +4,8 @@ Each table has the paper's layout; each cell shows the published number beside t
 standard error, converted to the paper's unit by suite/units.py), and names the data actually used:
 a stand-in (embedded MNIST digits for binarised MNIST or CIFAR-10, embedded Shakespeare for text8) is
 labelled as such. Published numbers marked `recalled` in paper_numbers.csv carry a dagger.
-Written as Markdown and LaTeX via pandas.
+Written as Markdown and LaTeX by `markdown` and `latex` below, the one formatter of the suite's tables
+(bench's variance table included).
 """
 
 from __future__ import annotations
@@ -179,18 +180,53 @@ FOOTER = (f"{DAGGER} recalled: from memory of the paper, not yet checked cell by
           "text BPC); '(stand-in)' names the embedded data set that replaced the paper's.")
 
 
+# ---------------------------------------------------------------- the one formatter of every table
+
+
+def markdown(t: pd.DataFrame) -> str:
+    """A table as a Markdown grid (pandas/tabulate pipe format, no index); an empty one as "(no rows)"."""
+    return t.to_markdown(index=False) if len(t) else "(no rows)"
+
+
+def latex(t: pd.DataFrame, caption: str, label: str) -> str:
+    """A table as a LaTeX tabular with caption and label (special characters escaped); an empty one as a comment."""
+    return t.to_latex(index=False, caption=caption, label=label, escape=True) if len(t) else "% no rows\n"
+
+
 def write_all(df: pd.DataFrame, out_dir: str | Path, ref: pd.DataFrame | None = None) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, md = [], []
     for name, t in build_tables(df, ref).items():
-        md.append(f"## {TITLES[name]}\n\n" + (t.to_markdown(index=False) if len(t) else "(no rows)") + "\n")
+        md.append(f"## {TITLES[name]}\n\n" + markdown(t) + "\n")
         tex = out_dir / f"{name}.tex"
-        tex.write_text(t.to_latex(index=False, caption=TITLES[name], label=f"tab:{name}", escape=True)
-                       if len(t) else "% no rows\n")
+        tex.write_text(latex(t, TITLES[name], f"tab:{name}"))
         written.append(tex)
     p = out_dir / "tables.md"
     p.write_text("# Regenerated tables\n\n" + "\n".join(md) + "\n" + FOOTER + "\n")
     written.append(p)
     return written
 
+
+
+VARIANCE_COLUMNS = ["comparison", "method", "n_steps", "unit", "plain", "systematic", "se_ratio"]
+
+
+def write_variance(df: pd.DataFrame, dest: str | Path, passes: int, groups: int, examples: int) -> Path:
+    """The variance study (suite/bench.py variance_study: one row per comparison, method and n steps with columns
+    plain, plain_se, systematic, systematic_se, se_ratio) as variance.csv (raw) and variance.md (formatted)."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    df.to_csv(dest / "variance.csv", index=False, float_format="%.6g")
+    fmt = df.copy()
+    fmt["n_steps"] = fmt["n_steps"].map(lambda v: "∞" if v == math.inf else str(int(v)))
+    for est in ("plain", "systematic"):
+        fmt[est] = [f"{v:.4g} ± {s:.2g}" for v, s in zip(df[est], df[f"{est}_se"], strict=True)]
+    fmt["se_ratio"] = fmt["se_ratio"].map(lambda v: f"{v:.2f}")
+    (dest / "variance.md").write_text(
+        f"# Plain against systematic t, {passes} passes over {examples} test examples each\n\n"
+        f"plain: s.e. over {passes} i.i.d. passes; systematic: {groups} independent groups of {passes // groups} "
+        "evenly spaced passes, s.e. over group means (suite/timesteps.py). se_ratio = plain s.e. / systematic s.e.: "
+        "the factor by which the systematic estimator cuts the standard error for the same network evaluations.\n\n"
+        + markdown(fmt[VARIANCE_COLUMNS]) + "\n")
+    return dest / "variance.md"

@@ -115,3 +115,32 @@ def test_load_reference():
     published = raw.loc[(raw.model == "BFN") & (raw.dataset == "binarized_mnist") & (raw.n_steps == "inf"), "value"]
     assert len(cont) >= 1 and (cont["value"] == float(published.iloc[0])).all()
     assert set(ref["bound"]) <= set(results.BOUNDS)
+
+
+def test_make_row_builds_the_rows_the_hand_written_dicts_did():
+    """The one row constructor: the same dict as the literal rows evaluate() and bench wrote before it (keys
+    given, None left out), so the tables written are unchanged; make_row(**row, extra=...) adds columns."""
+    old_nll = dict(method="bfn_discrete", dataset="binary_heartbeat", split="test", metric="nll", n_steps=math.inf,
+                   value=2.5, stderr=math.nan, unit="bits/seq", bound="<=", n_repeats=1, n_examples=40, n_dims=20,
+                   seed=0, protocol="one pass; s.e. over examples")
+    new = results.make_row(method="bfn_discrete", dataset="binary_heartbeat", split="test", metric="nll",
+                           n_steps=math.inf, value=2.5, stderr=math.nan, unit="bits/seq", bound="<=", n_repeats=1,
+                           n_examples=40, n_dims=20, seed=0, protocol="one pass; s.e. over examples")
+    assert new.keys() == old_nll.keys() and all(
+        new[k] == old_nll[k] or (k == "stderr" and math.isnan(new[k])) for k in old_nll)
+    assert list(new) == [c for c in results.SCHEMA if c in new]  # schema order
+    curve = dict(method="m", dataset="d", split="val", metric="val_loss_ema", n_steps=math.nan, value=1.0,
+                 unit="nats", bound="<=", n_dims=3, seed=3, protocol="training curve at step 4", n_repeats=1,
+                 n_params=18, train_info='{"step": 4}')
+    made = results.make_row(**curve)
+    assert made.keys() == curve.keys() and "stderr" not in made and "n_examples" not in made
+    pd.testing.assert_frame_equal(results.make_table([made], run_id="r").drop(columns="created"),
+                                  results.make_table([curve], run_id="r").drop(columns="created"))
+    assert results.make_row(**_rows(1)[0], n_params=7, train_info="{}")["n_params"] == 7
+
+
+@pytest.mark.parametrize("change, match", [({"bound": "<"}, "bound must be one of"),
+                                           ({"unit": "furlongs"}, "unit must be one of")])
+def test_make_row_refuses_a_bound_or_unit_outside_the_schema(change, match):
+    with pytest.raises(ResultsError, match=match):
+        results.make_row(**{**_rows(1)[0], **change})

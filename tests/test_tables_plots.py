@@ -90,3 +90,38 @@ def test_models_table_takes_the_largest_grid_of_its_own_data_set(df):
     t = tables.build_tables(results.make_table(rows, run_id="y"))["bfn_table1_mnist"]
     ours = t[t["model"].str.contains("sohl_binomial")]
     assert len(ours) == 1 and "n=1000" in ours["model"].item() and ours["bfnbench"].item().startswith("99.00")
+
+
+def test_one_formatter_for_markdown_and_latex():
+    t = pd.DataFrame({"a": [1.5], "b": ["x_y"]})
+    assert tables.markdown(t) == t.to_markdown(index=False) and tables.markdown(t.iloc[:0]) == "(no rows)"
+    assert tables.latex(t, "Cap", "tab:x") == t.to_latex(index=False, caption="Cap", label="tab:x", escape=True)
+    assert tables.latex(t.iloc[:0], "Cap", "tab:x") == "% no rows\n"
+
+
+def test_variance_table_formatted_as_bench_formatted_it(tmp_path):
+    """write_variance (moved out of bench.py) formats the committed variance.csv exactly as bench's own code did
+    (that code, verbatim, below); its header and grid are the committed variance.md's (the cells can differ in the
+    last digit only because the CSV keeps 6 significant figures)."""
+    from pathlib import Path
+
+    committed = Path(__file__).resolve().parent.parent / "results" / "embedded" / "tables"
+    df = pd.read_csv(committed / "variance.csv")
+    got = tables.write_variance(df, tmp_path, 16, 4, 200).read_text()
+    passes, groups, examples = 16, 4, 200
+    fmt = df.copy()
+    fmt["n_steps"] = fmt["n_steps"].map(lambda v: "∞" if v == math.inf else str(int(v)))
+    for est in ("plain", "systematic"):
+        fmt[est] = [f"{v:.4g} ± {s:.2g}" for v, s in zip(df[est], df[f"{est}_se"], strict=True)]
+    fmt["se_ratio"] = fmt["se_ratio"].map(lambda v: f"{v:.2f}")
+    want = (f"# Plain against systematic t, {passes} passes over {examples} test examples each\n\n"
+            f"plain: s.e. over {passes} i.i.d. passes; systematic: {groups} independent groups of {passes // groups} "
+            "evenly spaced passes, s.e. over group means (suite/timesteps.py). se_ratio = plain s.e. / systematic "
+            "s.e.: the factor by which the systematic estimator cuts the standard error for the same network "
+            "evaluations.\n\n"
+            + fmt[["comparison", "method", "n_steps", "unit", "plain", "systematic", "se_ratio"]].to_markdown(index=False)
+            + "\n")
+    assert got == want
+    assert got.splitlines()[:6] == (committed / "variance.md").read_text().splitlines()[:6]
+    assert len(got.splitlines()) == len((committed / "variance.md").read_text().splitlines())
+    assert (tmp_path / "variance.csv").read_text() == (committed / "variance.csv").read_text()
