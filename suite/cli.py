@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--max-examples", type=int, default=None, help="only the first N test examples")
     rp.add_argument("--n-steps", nargs="+", default=None, help="only these step counts (inf = continuous time)")
     rp.add_argument("--quirks", nargs="+", default=None,
-                    help="official-code quirks for the Gaussian-flow cells: names from suite.bfn.continuous.QUIRKS, "
+                    help="official-code quirks of the BFN cells: names from suite.bfn.continuous.QUIRKS, "
                          "'official' (all that apply) or 'none' (the exact computation); default: the protocol's")
     rp.add_argument("--seed", type=int, default=1)
     rp.add_argument("--device", default=None, help="default: cuda if available, else cpu")
