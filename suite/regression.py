@@ -47,7 +47,8 @@ from suite import checkpoint
 from suite.config import RunConfig, apply
 from suite.evaluate import nll_passes
 from suite.results import REFERENCE_DIR
-from suite.train import build, train
+from suite.runtime import load_run
+from suite.train import train
 
 CKPT_DIR = REFERENCE_DIR / "ci_checkpoints"
 REF_CSV = REFERENCE_DIR / "ci_likelihoods.csv"
@@ -196,9 +197,7 @@ def evaluate(case: Case, folder: Path, use_ema: bool = True) -> list[dict]:
     """Deterministic evaluation of the checkpoint in `folder`: rows of (case, n_steps, value, stderr) in nats
     per example, at the current thread count."""
     torch.manual_seed(0)
-    cfg = run_config(folder)
-    method, data = build(cfg)
-    checkpoint.load_weights(folder, method, use_ema=use_ema)
+    cfg, method, data = load_run(folder, use_ema=use_ema)
     rows = []
     for n in case.n_steps:
         means, _, count = nll_passes(method, data, split="test", n_steps=n, n_repeats=case.repeats,
