@@ -126,14 +126,15 @@ def mnist_split(labels: np.ndarray, seed: int = MNIST_SPLIT_SEED) -> np.ndarray:
     return split
 
 
-def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> bytes:
-    """np.savez_compressed, but with a fixed zip date so the bytes depend on the arrays alone."""
+def write_npz(path: Path, arrays: dict[str, np.ndarray], zip_date: tuple = ZIP_DATE) -> bytes:
+    """np.savez_compressed, but with a fixed zip date so the bytes depend on the arrays alone (the truth assets'
+    script uses this too, with its own date)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for key, arr in arrays.items():
             member = io.BytesIO()
             np.lib.format.write_array(member, np.ascontiguousarray(arr), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=ZIP_DATE)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=zip_date)
             info.compress_type, info.create_system, info.external_attr = zipfile.ZIP_DEFLATED, 3, 0o644 << 16
             zf.writestr(info, member.getvalue(), compresslevel=9)
     path.write_bytes(buf.getvalue())

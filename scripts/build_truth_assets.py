@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scripts.build_embedded_assets import write_npz as embedded_write_npz  # noqa: E402
 from suite.data.embedded import MNIST_ASSET, EmbeddedText, read_mnist_npz  # noqa: E402
 from suite.data.truth import HMM_ASSET, MIXTURE_ASSETS  # noqa: E402
 from suite.data.truth.hmm import fit_hmm  # noqa: E402
@@ -45,17 +44,8 @@ SETTINGS = {
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
-    """np.savez_compressed with a fixed zip date, so the bytes depend on the arrays alone; returns the sha256."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for key, arr in arrays.items():
-            member = io.BytesIO()
-            np.lib.format.write_array(member, np.ascontiguousarray(arr), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=ZIP_DATE)
-            info.compress_type, info.create_system, info.external_attr = zipfile.ZIP_DEFLATED, 3, 0o644 << 16
-            zf.writestr(info, member.getvalue(), compresslevel=9)
-    path.write_bytes(buf.getvalue())
-    return hashlib.sha256(buf.getvalue()).hexdigest()
+    """The embedded assets' deterministic npz writer, with this script's zip date; returns the sha256."""
+    return hashlib.sha256(embedded_write_npz(path, arrays, ZIP_DATE)).hexdigest()
 
 
 def text_chunks(chunk_len: int, num_chunks: int, seed: int) -> torch.Tensor:

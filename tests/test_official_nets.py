@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,9 +34,9 @@ from suite.nets.official import (
     official_config,
     read_state_dict,
 )
+from tests.helpers.official import REF
 
 TOL = 1e-5
-REF = Path(os.environ.get("BFNBENCH_OFFICIAL_REF", Path(__file__).resolve().parents[2] / "shared/reference/official_nets"))
 need_ref = pytest.mark.skipif(not (REF / "layouts.json").is_file(), reason=f"official reference files not at {REF}")
 CONFIGS = ["mnist_discrete", "cifar10_discretized_256bins", "cifar10_discretized_16bins",
            "cifar10_continuous_256bins", "cifar10_continuous_16bins", "text8_discrete"]  # fmt: skip

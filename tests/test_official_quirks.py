@@ -9,8 +9,6 @@ every quirk on, and `bfnbench reproduce` records the quirks of every cell.
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,22 +27,10 @@ from suite.bfn.mixture import (
 )
 from suite.bfn.schedules import ContinuousSchedule
 from suite.data.base import DataSpec
+from tests.helpers.official import REF, FixedNet
 
-REF = Path(os.environ.get("BFNBENCH_OFFICIAL_REF", Path(__file__).resolve().parents[2] / "shared/reference/official_nets"))
 need_ref = pytest.mark.skipif(not (REF / "small/cifar10_discretized_16bins.npz").is_file(),
                               reason=f"official reference files not at {REF}")
-
-
-class _Fixed(torch.nn.Module):
-    """A network stub that returns one recorded output whatever its input."""
-
-    def __init__(self, out: torch.Tensor):
-        super().__init__()
-        self.register_buffer("out", out)
-        self.p = torch.nn.Parameter(torch.zeros(()))
-
-    def forward(self, h, t):
-        return self.out
 
 
 # --- the official formulas (nnaisense/bayesian-flow-networks b62568e: model.py, probability.py, utils_model.py) --
@@ -117,7 +103,7 @@ def test_quirk_names_official_and_errors():
     assert tuple(sorted(QUIRKS)) == tuple(sorted(all5 + ("flow_t_clamp", "sender_samples")))
     assert check_quirks("official", all5, "m") == all5 and check_quirks(None, all5, "m") == ()
     assert check_quirks(["gamma_float32", "none"], all5, "m") == ("gamma_float32",)
-    net = _Fixed(torch.zeros(1, 3, 4, 4, 2))
+    net = FixedNet(torch.zeros(1, 3, 4, 4, 2))
     assert DiscretisedBFN(spec(16), net).quirks == ()  # off by default
     assert DiscretisedBFN(spec(16), net, quirks="official").quirks == all5
     assert ContinuousBFN(spec(16), net, quirks="official").quirks == ("bin_floor", "gamma_float32", "recon_fallback")
@@ -165,7 +151,7 @@ def test_categorical_floor_changes_a_confidently_wrong_256_bin_loss_at_n10():
     out = torch.zeros(n, 1, 2)
     losses = {}
     for q in ((), ("categorical_floor",)):
-        m = DiscretisedBFN(s, _Fixed(out), sigma1=1e-3, n_y_samples=4, quirks=q)
+        m = DiscretisedBFN(s, FixedNet(out), sigma1=1e-3, n_y_samples=4, quirks=q)
         # noise so that mu_x = mu / gamma = -0.5 (eps-hat = 0): mu = -0.5 gamma
         t = (i.double() - 1) / n
         g = m.schedule.gamma(t).clamp(min=1e-300)
@@ -204,7 +190,7 @@ def test_bin_floor_picks_the_official_bin_of_an_edge_value():
     K = 16
     x = torch.tensor([-1 + 2 * 3 / K, -1 + 2 * 5 / K, 0.5 + 1 / K])  # two edges (k = 2 | 3, 4 | 5), one centre
     mu, sigma = torch.full((3,), -0.6), torch.full((3,), 0.05)
-    net = _Fixed(torch.zeros(1, 3, 2))
+    net = FixedNet(torch.zeros(1, 3, 2))
     s = DataSpec("c", "discretised", (3,), num_classes=K)
     exact = DiscretisedBFN(s, net).recon_log_prob(x, mu, sigma)
     floor = DiscretisedBFN(s, net, quirks=["bin_floor"]).recon_log_prob(x, mu, sigma)
@@ -225,12 +211,12 @@ def test_log_sigma_clamp_is_the_official_std():
     mu = torch.full((1, 5), 0.01)
     for t_val in (1e-4, 0.02, 0.5, 1.0, 0.0):
         t = torch.tensor([t_val], dtype=torch.float64)
-        ours = DiscretisedBFN(s, _Fixed(out), sigma1=1e-3**0.5, quirks=["log_sigma_clamp", "gamma_float32"]).out_params(mu, t)
+        ours = DiscretisedBFN(s, FixedNet(out), sigma1=1e-3**0.5, quirks=["log_sigma_clamp", "gamma_float32"]).out_params(mu, t)
         off = off_out_params(mu, out[..., 0], log_dev, torch.full((1, 5), t_val), 1e-3)
         assert torch.allclose(ours[0], off[0], rtol=1e-6) and torch.allclose(ours[1], off[1], rtol=1e-6)
     t = torch.tensor([1e-4], dtype=torch.float64)
-    _, sig_q = DiscretisedBFN(s, _Fixed(out), sigma1=1e-3**0.5, quirks=["log_sigma_clamp"]).out_params(mu, t)
-    _, sig = DiscretisedBFN(s, _Fixed(out), sigma1=1e-3**0.5).out_params(mu, t)
+    _, sig_q = DiscretisedBFN(s, FixedNet(out), sigma1=1e-3**0.5, quirks=["log_sigma_clamp"]).out_params(mu, t)
+    _, sig = DiscretisedBFN(s, FixedNet(out), sigma1=1e-3**0.5).out_params(mu, t)
     ratio = ContinuousSchedule(1e-3**0.5).noise_ratio(t).item()  # exact: clamp(ratio sigma_eps) in log space
     want = torch.tensor([min(max(ratio * math.exp(v), 1e-3), 10.0) for v in log_dev[0].tolist()])
     assert torch.allclose(sig[0], want, rtol=1e-5)
@@ -248,12 +234,12 @@ def test_log_sigma_clamp_takes_the_torch_path_for_l_inf():
     t = torch.tensor([1e-4, 0.3], dtype=torch.float64)
     noise = torch.zeros(2, 6)
     for q in ((), ("log_sigma_clamp",)):
-        m = DiscretisedBFN(s, _Fixed(out), quirks=q)
+        m = DiscretisedBFN(s, FixedNet(out), quirks=q)
         mu_x, sigma_x = m.out_params(m.flow(x, t, noise), t)
         want = (-m.schedule.log_sigma1 * m.schedule.rho(t)).float() * ((x - bin_mean(mu_x, sigma_x, 256)) ** 2).sum(1)
         assert torch.allclose(m.loss_cts(x, t, noise), want, rtol=1e-5)
-    assert not torch.allclose(DiscretisedBFN(s, _Fixed(out)).loss_cts(x, t, noise)[:1],
-                              DiscretisedBFN(s, _Fixed(out), quirks=["log_sigma_clamp"]).loss_cts(x, t, noise)[:1])  # fmt: skip
+    assert not torch.allclose(DiscretisedBFN(s, FixedNet(out)).loss_cts(x, t, noise)[:1],
+                              DiscretisedBFN(s, FixedNet(out), quirks=["log_sigma_clamp"]).loss_cts(x, t, noise)[:1])  # fmt: skip
 
 
 # --- 4. gamma_float32 -------------------------------------------------------------------------------------------
@@ -272,8 +258,8 @@ def test_gamma_float32_is_the_official_gamma():
     noise = torch.randn(1, 8, generator=torch.Generator().manual_seed(4))
     for tv in (1e-4, 3e-4, 0.7):
         t1 = torch.tensor([tv], dtype=torch.float64)
-        mq = ContinuousBFN(s, _Fixed(eps[..., None]), quirks=["gamma_float32"])
-        m = ContinuousBFN(s, _Fixed(eps[..., None]))
+        mq = ContinuousBFN(s, FixedNet(eps[..., None]), quirks=["gamma_float32"])
+        m = ContinuousBFN(s, FixedNet(eps[..., None]))
         tt = torch.full((1, 8), tv)
         post = torch.pow(1e-6, tt)
         mu_off = (1 - post) * x + ((1 - post) * post).sqrt() * noise  # CtsBayesianFlow.forward
@@ -285,8 +271,8 @@ def test_gamma_float32_is_the_official_gamma():
         assert torch.allclose(m.x_hat(mu_off, t1).double(), exact, rtol=1e-6, atol=1e-6)  # off: float64 gamma
     t1 = torch.tensor([1e-4], dtype=torch.float64)
     mu = torch.full((1, 8), 1e-3)
-    d = (ContinuousBFN(s, _Fixed(eps[..., None]), x_range=None, quirks=["gamma_float32"]).x_hat(mu, t1)
-         - ContinuousBFN(s, _Fixed(eps[..., None]), x_range=None).x_hat(mu, t1)).abs().max().item()  # fmt: skip
+    d = (ContinuousBFN(s, FixedNet(eps[..., None]), x_range=None, quirks=["gamma_float32"]).x_hat(mu, t1)
+         - ContinuousBFN(s, FixedNet(eps[..., None]), x_range=None).x_hat(mu, t1)).abs().max().item()  # fmt: skip
     assert d > 1e-6  # measured ~2e-5 here (mu / gamma ~ 0.7); the quirk table's 2.3e-3 on larger mu
 
 
@@ -326,7 +312,7 @@ def test_recorded_official_inputs_give_the_official_losses(name, K, min_var):
     y_noise = torch.randn(10, *xs.shape, generator=torch.Generator().manual_seed(5))
     res = {}
     for q in ("official", ()):
-        m = DiscretisedBFN(s, _Fixed(out_s), sigma1=min_var**0.5, n_y_samples=10, quirks=q)
+        m = DiscretisedBFN(s, FixedNet(out_s), sigma1=min_var**0.5, n_y_samples=10, quirks=q)
         t_i = (i.double() - 1) / n
         one = torch.ones(B, dtype=torch.float64)
         t0 = rec["t"][:, 0, 0, 0].double()

@@ -9,8 +9,6 @@ the number, and the recorded inputs of the small official checkpoints (shared/re
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,22 +25,10 @@ from suite.bfn.discrete import (
     paper_receiver_kl,
 )
 from suite.data.base import DataSpec
+from tests.helpers.official import REF, FixedNet
 
-REF = Path(os.environ.get("BFNBENCH_OFFICIAL_REF", Path(__file__).resolve().parents[2] / "shared/reference/official_nets"))
 need_ref = pytest.mark.skipif(not (REF / "small/text8_discrete.npz").is_file(), reason=f"official reference files not at {REF}")
 ALL3 = ("categorical_floor", "flow_t_clamp", "sender_samples")
-
-
-class _Fixed(torch.nn.Module):
-    """A network stub that returns one recorded output whatever its input."""
-
-    def __init__(self, out: torch.Tensor):
-        super().__init__()
-        self.register_buffer("out", out)
-        self.p = torch.nn.Parameter(torch.zeros(()))
-
-    def forward(self, h, t):
-        return self.out
 
 
 def spec(K, shape=(6,)):
@@ -112,7 +98,7 @@ def _synthetic(K, B=4, Dd=6, scale=12.0, seed=0):
 
 # --- names ----------------------------------------------------------------------------------------------------
 def test_discrete_quirk_names_official_and_errors():
-    net = _Fixed(torch.zeros(1, 6, 27))
+    net = FixedNet(torch.zeros(1, 6, 27))
     assert set(ALL3) <= set(QUIRKS)
     assert DiscreteBFN(spec(27), net).quirks == ()  # off by default
     assert DiscreteBFN(spec(27), net, quirks="official").quirks == ALL3
@@ -127,7 +113,7 @@ def test_discrete_quirk_names_official_and_errors():
 @pytest.mark.parametrize("K", [2, 27])
 def test_categorical_floor_weights_are_the_official_mixture_weights(K):
     out, _ = _synthetic(K, scale=20.0)
-    m = DiscreteBFN(spec(K), _Fixed(out), quirks="categorical_floor")
+    m = DiscreteBFN(spec(K), FixedNet(out), quirks="categorical_floor")
     log_p = m.log_output(torch.zeros(*out.shape[:2], K), torch.zeros(out.shape[0]))
     w = official_receiver_log_weights(log_p).exp()
     cat = D.Categorical(probs=off_probs(out, K), validate_args=False)
@@ -148,19 +134,19 @@ def test_official_quirks_give_the_official_nstep_loss(K):
     t = ((i.double() - 1) / n).float()[:, None].expand(x.shape)
     eps = torch.randn(OFFICIAL_SENDER_SAMPLES, *x.shape, K, generator=torch.Generator().manual_seed(1))
     off = off_nstep(x, out, t, n, beta1, eps, K)
-    m = DiscreteBFN(spec(K), _Fixed(out), beta1=beta1, receiver="factorised_1d", quirks="official")
+    m = DiscreteBFN(spec(K), FixedNet(out), beta1=beta1, receiver="factorised_1d", quirks="official")
     with torch.no_grad():
         got = m.loss_nstep(x, i, n, y_noise=eps)
     assert torch.allclose(got, off, rtol=1e-4, atol=1e-3), (got, off)
     # off: the exact computation, the factorised KL with the exact ln p_O, averaged over the same draws
-    exact = DiscreteBFN(spec(K), _Fixed(out), beta1=beta1, receiver="factorised_1d")
+    exact = DiscreteBFN(spec(K), FixedNet(out), beta1=beta1, receiver="factorised_1d")
     with torch.no_grad():
         log_p = exact.log_output(torch.zeros(B, x.shape[1], K), t[:, 0].double())
         alpha = exact.bcast(exact.schedule.alpha_i(i, n)).float().expand(x.shape)
         want = torch.stack([factorised_receiver_kl(log_p, x, e, alpha) for e in eps]).mean(0).sum(-1) * n
         assert torch.allclose(exact.loss_nstep(x, i, n, y_noise=eps), want, rtol=1e-6)
         assert torch.equal(exact.loss_nstep(x, i, n, y_noise=eps[0]), factorised_receiver_kl(log_p, x, eps[0], alpha).sum(-1) * n)
-        paper = DiscreteBFN(spec(K), _Fixed(out), beta1=beta1)
+        paper = DiscreteBFN(spec(K), FixedNet(out), beta1=beta1)
         assert torch.equal(paper.loss_nstep(x, i, n, y_noise=eps[0]), paper_receiver_kl(log_p, x, eps[0], alpha).sum(-1) * n)
 
 
@@ -173,7 +159,7 @@ def _confidently_wrong(K, beta1, n=10, B=200, quirks=()):
         out[..., 0] = 40.0
     x = torch.ones(B, 1, dtype=torch.long)
     eps = torch.randn(B, 1, K, generator=torch.Generator().manual_seed(2))
-    m = DiscreteBFN(spec(K, (1,)), _Fixed(out), beta1=beta1, receiver="factorised_1d", quirks=quirks)
+    m = DiscreteBFN(spec(K, (1,)), FixedNet(out), beta1=beta1, receiver="factorised_1d", quirks=quirks)
     with torch.no_grad():
         return m.loss_nstep(x, torch.full((B,), n), n, y_noise=eps).mean().item()
 
@@ -194,8 +180,8 @@ def test_sender_samples_averages_ten_draws_and_off_draws_one():
     K, n = 27, 10
     out, x = _synthetic(K, scale=2.0)
     i = torch.tensor([2, 3, 7, 10])
-    m = DiscreteBFN(spec(K), _Fixed(out), quirks="sender_samples")
-    exact = DiscreteBFN(spec(K), _Fixed(out))
+    m = DiscreteBFN(spec(K), FixedNet(out), quirks="sender_samples")
+    exact = DiscreteBFN(spec(K), FixedNet(out))
     with torch.no_grad():
         torch.manual_seed(5)
         got = m.loss_nstep(x, i, n, noise=torch.zeros(*x.shape, K))
@@ -223,7 +209,7 @@ def test_flow_t_clamp_is_the_official_flow(K):
     x = torch.randint(0, K, (5, 6), generator=torch.Generator().manual_seed(3))
     t = torch.tensor([1.0, 0.999999, 0.5, 1e-12, 0.0], dtype=torch.float64)
     noise = torch.randn(5, 6, K, generator=torch.Generator().manual_seed(4))
-    net = _Fixed(torch.zeros(5, 6, 1 if K == 2 else K))
+    net = FixedNet(torch.zeros(5, 6, 1 if K == 2 else K))
     m = DiscreteBFN(spec(K), net, beta1=beta1, quirks="flow_t_clamp")
     beta, lo = off_flow_beta(t.float(), beta1)
     b = beta[:, None, None]
@@ -263,12 +249,12 @@ def test_recorded_official_outputs_give_the_official_losses(name, K, beta1):
     eps = torch.randn(OFFICIAL_SENDER_SAMPLES, B, x.shape[1], K, generator=torch.Generator().manual_seed(6))
     eps_s = eps.reshape(OFFICIAL_SENDER_SAMPLES, B, *shape, K)
     kw = dict(beta1=beta1, receiver="factorised_1d", input_convention="official" if K == 2 else "suite")
-    m = DiscreteBFN(spec(K, shape), _Fixed(out_s), quirks="official", **kw)
+    m = DiscreteBFN(spec(K, shape), FixedNet(out_s), quirks="official", **kw)
     with torch.no_grad():
         ln = m.loss_nstep(xs, i, n, y_noise=eps_s)
         lc = m.loss_cts(xs, t[:, 0].double())
         lr = m.recon(xs)
-        ln0 = DiscreteBFN(spec(K, shape), _Fixed(out_s), **kw).loss_nstep(xs, i, n, y_noise=eps_s)
+        ln0 = DiscreteBFN(spec(K, shape), FixedNet(out_s), **kw).loss_nstep(xs, i, n, y_noise=eps_s)
     Dd = x.shape[1]
     off_n = off_nstep(x, out, t, n, beta1, eps, K)
     assert ((ln - off_n).abs() / Dd).max().item() < 1e-5, (ln, off_n)

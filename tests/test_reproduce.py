@@ -4,7 +4,6 @@ planner, and one end-to-end run on the small official MNIST checkpoint (CPU, a f
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +13,8 @@ import torch
 from suite.cli import main
 from suite.reproduce import BATCH, Plan, plan, reproduce, run_cell, write
 from tests.data_writers import write_mnist
+from tests.helpers.official import REF
 
-REF = Path(os.environ.get("BFNBENCH_OFFICIAL_REF", Path(__file__).resolve().parents[2] / "shared/reference/official_nets"))
 need_ref = pytest.mark.skipif(not (REF / "small/mnist_discrete.pt").is_file(), reason=f"official reference files not at {REF}")
 
 
