@@ -43,7 +43,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from suite import checkpoint
+from suite import checkpoint, units
 from suite.config import RunConfig, apply
 from suite.evaluate import nll_passes
 from suite.results import REFERENCE_DIR
@@ -203,10 +203,10 @@ def evaluate(case: Case, folder: Path, use_ema: bool = True) -> list[dict]:
         means, _, count = nll_passes(method, data, split="test", n_steps=n, n_repeats=case.repeats,
                                      batch_size=100, max_examples=case.examples, seed=0, estimator="systematic",
                                      groups=case.groups)
-        g = means.reshape(case.groups, -1).mean(1)  # independent group means (suite/evaluate.py)
+        value, stderr = units.mean_and_stderr(means.reshape(case.groups, -1).mean(1))  # independent group means
         rows.append({"case": case.name, "method": cfg.method, "dataset": cfg.dataset,
-                     "n_steps": "inf" if n is None else str(n), "value": float(g.mean()),
-                     "stderr": float(g.std(ddof=1) / math.sqrt(len(g))), "n_repeats": case.repeats,
+                     "n_steps": "inf" if n is None else str(n), "value": value, "stderr": stderr,
+                     "n_repeats": case.repeats,
                      "groups": case.groups, "n_examples": count})
     return rows
 
@@ -323,7 +323,7 @@ def record(cases: list[Case], base: Path, retrain_seeds: int = SEEDS, variant_li
         log(f"retrain: {retrain_seeds} seeds at the base variant, then the other variants at the reference seed")
         seeds = [measure_in_subprocess(cases, base, "retrain", BASE, s).set_index(["case", "n_steps"])
                  for s in range(retrain_seeds)]
-        others = [measure_in_subprocess(cases, base, "retrain", v) .set_index(["case", "n_steps"])
+        others = [measure_in_subprocess(cases, base, "retrain", v).set_index(["case", "n_steps"])
                   for v in variant_list if v != BASE and v.isa != "baseline"]  # baseline-ISA training is slow
         sv = pd.concat([s["value"] for s in seeds], axis=1)
         vv = pd.concat([seeds[0]["value"]] + [o["value"] for o in others], axis=1)
