@@ -60,10 +60,14 @@ class MaskedDiffusion(Method):
         alpha0: float = 1.0,
         alpha1: float = 0.0,
         t_sampling: str = "iid",
+        unmasked_weight: float = 0.0,
     ):
         super().__init__(spec)
         self.K = check_spec(spec, self.name)
         self.mask_id = self.K
+        if not (math.isfinite(float(unmasked_weight)) and float(unmasked_weight) >= 0):
+            raise ValueError(f"{self.name}: unmasked_weight must be a finite number >= 0, got {unmasked_weight!r}")
+        self.unmasked_weight = float(unmasked_weight)
         if schedule not in SCHEDULES:
             raise ValueError(f"{self.name}: unknown schedule {schedule!r}; use one of {SCHEDULES}")
         if not (0 < alpha0 <= 1 and 0 <= alpha1 < alpha0):
@@ -202,8 +206,46 @@ class MaskedDiffusion(Method):
         return sum(self.bound_terms(x, n_steps, generator).values())
 
     def loss(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> torch.Tensor:
-        """Training objective: the bound estimate (continuous time by default, as MD4 / MDLM train)."""
-        return self.nll(x, n_steps, generator)
+        """Training objective: the bound estimate (continuous time by default, as MD4 / MDLM train), plus, when
+        `unmasked_weight` w > 0, the training-only auxiliary term w sum_{i unmasked in z_t} -ln mu_theta(z_t, t)_i[x_i]
+        from the same network pass (`aux_terms`). The auxiliary term is never part of `nll` or any bound: with
+        w = 0 (the default) this is `nll` itself.
+
+        Why: a scored (masked) position's input is always the mask token, so its own input carries nothing and the
+        network's only way below the unigram is attention, which starts uniform (an attention saddle; measured in
+        shared/notes/baselines-at-null.md). Scoring the unmasked positions too gives a copy signal that makes
+        attention local early on; under SUBS those positions are carried over, so their prediction never enters the
+        bound.
+        """
+        if self.unmasked_weight == 0.0:
+            return self.nll(x, n_steps, generator)
+        terms, aux = self.aux_terms(x, n_steps, generator)
+        return sum(terms.values()) + self.unmasked_weight * aux
+
+    def aux_terms(self, x: torch.Tensor, n_steps: int | None = None, generator=None):
+        """(bound_terms, aux) from one draw: the bound terms exactly as `bound_terms` draws them (same random order,
+        so the same generator gives the same values) and aux = sum_{i unmasked in z} -ln mu_theta(z, t)_i[x_i] (B,)
+        at the diffusion estimate's (t, z)."""
+        self._check(x)
+        n = self.resolve_steps(n_steps)
+        s = self.sample_steps(x.shape[0], n, x.device, generator)
+        if n is None:
+            _, one_m_a, da = self.alpha(s)
+            t, w = s, -da / one_m_a
+        else:
+            t, w = self.step_weight(s, n)
+            one_m_a = self.alpha(t)[1]
+        z = self.q_sample(x, one_m_a, generator)
+        nll_tok = -self.log_mu(z, t).gather(-1, x.unsqueeze(-1)).squeeze(-1)
+        masked = z == self.mask_id
+        zero = torch.zeros_like(nll_tok)
+        diff = w.float() * torch.where(masked, nll_tok, zero).flatten(1).sum(1)
+        if n is not None:
+            diff = n * diff
+        aux = torch.where(masked, zero, nll_tok).flatten(1).sum(1)
+        terms = {"prior": self.prior_term(x.shape[0], x.device), "recon": self.recon_term(x, generator),
+                 "diffusion": diff}
+        return terms, aux
 
     def prior_sample(self, num: int, generator=None) -> torch.Tensor:
         """z_1 ~ p(z_1): all masked, except that with alpha_1 > 0 each token is a uniform class w.p. alpha_1."""

@@ -117,10 +117,14 @@ class MultinomialDiffusion(Method):
         schedule: str = "cosine",
         betas: torch.Tensor | list[float] | None = None,
         t_sampling: str = "iid",
+        aux_weight: float = 0.0,
     ):
         super().__init__(spec)
         self.K = check_spec(spec, self.name)
         self.t_sampling = check_t_sampling(t_sampling, self.name)
+        if not (math.isfinite(float(aux_weight)) and float(aux_weight) >= 0):
+            raise ValueError(f"{self.name}: aux_weight must be a finite number >= 0, got {aux_weight!r}")
+        self.aux_weight = float(aux_weight)
         if betas is None:
             if schedule not in SCHEDULES:
                 raise ValueError(f"{self.name}: unknown schedule {schedule!r}; use one of {SCHEDULES} or pass betas")
@@ -207,16 +211,21 @@ class MultinomialDiffusion(Method):
 
         j = 1: decoder -ln p(x_0 | x_{tau_1});  j >= 2: KL(theta~(x_t, x_0) || theta~(x_t, x0_hat)), x_t ~ q(.|x_0).
         """
+        return self._step_term_and_x0_nll(x0, j, n, generator)[0]
+
+    def _step_term_and_x0_nll(self, x0: torch.Tensor, j: torch.Tensor, n: int, generator=None):
+        """(term j of the n-step bound, sum_i -ln x0_hat(x_t, t)_i[x0_i]) per example, from one network pass."""
         g = self.grid(n, x0.device)
         x_t = self.q_sample(x0, g.log_abar[j], generator)
         logp0 = self.x0_logits(x_t, g.tau[j].double() / self.T)
+        x0_nll = -logp0.gather(-1, x0.unsqueeze(-1)).squeeze(-1).flatten(1).sum(1)
         log_p = self.log_posterior(x_t, logp0, g, j)
         decoder = -log_p.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
         log_q = self.log_posterior(x_t, x0, g, j)
         q = log_q.exp()
         kl = (q * (torch.where(q > 0, log_q, torch.zeros_like(log_q)) - log_p)).sum(-1)
         per_dim = torch.where(expand_to(j == 1, x0), decoder, kl)
-        return per_dim.flatten(1).sum(1)
+        return per_dim.flatten(1).sum(1), x0_nll
 
     def step_terms(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> torch.Tensor:
         """Every term of the n-step bound, (B, n): column j - 1 is term j (column 0 the decoder); n passes."""
@@ -259,8 +268,31 @@ class MultinomialDiffusion(Method):
         return sum(self.bound_terms(x, n_steps, generator).values())
 
     def loss(self, x: torch.Tensor, n_steps: int | None = None, generator=None) -> torch.Tensor:
-        """Training objective: the NELBO estimate itself, on the training grid by default (Hoogeboom et al.)."""
-        return self.nll(x, n_steps, generator)
+        """Training objective: the NELBO estimate itself, on the training grid by default (Hoogeboom et al.); with
+        `aux_weight` lambda > 0, D3PM's hybrid loss (Austin et al. 2021, arXiv 2107.03006, eq. 5)
+            L_lambda = L_vb + lambda sum_{t=1..T} E_q(x_t|x_0)[-ln x0_hat(x_t, t)[x_0]],
+        estimated from the same pass as the bound: prior + n (term_j + lambda aux_j), j ~ U{1..n}, where aux_j =
+        sum_i -ln x0_hat(x_{tau_j}, tau_j / T)_i[x0_i] (`aux_terms`). Scaled like the bound (n per sampled step),
+        this is D3PM's code, loss = vb_t + hybrid_coeff * ce_t at one sampled t. The auxiliary term is never part
+        of `nll` or any bound; with lambda = 0 (the default) this is `nll` itself."""
+        if self.aux_weight == 0.0:
+            return self.nll(x, n_steps, generator)
+        terms, aux = self.aux_terms(x, n_steps, generator)
+        return sum(terms.values()) + self.aux_weight * aux
+
+    def aux_terms(self, x: torch.Tensor, n_steps: int | None = None, generator=None):
+        """(bound_terms, aux) from one draw: the bound terms exactly as `bound_terms` draws them (same random order,
+        so the same generator gives the same values) and aux = n sum_i -ln x0_hat(x_t, t)_i[x0_i] (B,) at the same
+        (j, x_t): a one-pass estimate of sum_{t} E_q[-ln x0_hat(x_t, t)[x_0]] over the n-step grid."""
+        self._check(x)
+        n = self.resolve_steps(n_steps)
+        j = self.sample_steps(x.shape[0], n, x.device, generator)
+        term, x0_nll = self._step_term_and_x0_nll(x, j, n, generator)
+        term = n * term
+        zero = torch.zeros_like(term)
+        terms = {"prior": self.prior_kl(x.shape[0], x.device), "decoder": torch.where(j == 1, term, zero),
+                 "diffusion": torch.where(j >= 2, term, zero)}
+        return terms, n * x0_nll
 
     @torch.no_grad()
     def sample(self, num: int, n_steps: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
