@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from suite import checkpoint, results
-from suite.evaluate import evaluate, null_model_rows
+from suite import checkpoint, compare, results, units
+from suite.compare import convergence
+from suite.evaluate import evaluate, evaluate_resolved, exact_nll_of, null_model_rows, null_model_values, truth_rows
 from suite.experiments import Comparison, check_fair, load_comparisons
 from suite.runtime import build, load_run, resolve_device
 from suite.train import train
@@ -47,44 +48,91 @@ def _replace_run(table, runs_dir: Path, stem: str) -> Path:
     return path
 
 
+def _lr_name(lr: float) -> str:
+    return f"lr{lr:.0e}".replace("e-0", "e-").replace("e+0", "e")
+
+
+def tuned_config(comp: Comparison, method_name: str, out: Path, overrides: list[str], progress: bool = True):
+    """The RunConfig of a method's final run, after the comparison's learning-rate search (`tune:`).
+
+    Every method of a comparison gets the same search: each learning rate of `tune.lr` trains for
+    `tune.steps` updates, and the one with the lowest EMA validation *bound* at that step is chosen (ties to
+    the first listed). The final run continues the chosen search run to `max_steps` (the learning rate is
+    constant, so that is the same run as one trained from scratch), so the search costs
+    (len(lr) - 1) x tune.steps extra updates per method. An `lr=...` override skips the search.
+    Returns (config, {lr: validation bound in nats per example} or {})."""
+    root = out / "checkpoints" / comp.scale / comp.name
+    cfg = comp.run_config(method_name, root, overrides)
+    tune = comp.tune or {}
+    if not tune or any(o.split("=", 1)[0].strip() == "lr" for o in overrides):
+        return cfg, {}
+    search, steps = {}, min(tune["steps"], cfg.max_steps)
+    for lr in tune["lr"]:
+        c = comp.run_config(method_name, root, [*overrides, f"lr={lr}", f"max_steps={steps}",
+                                                 f"name={cfg.name}__{_lr_name(lr)}"])
+        run_dir = Path(c.out_dir) / c.name
+        if not _finished(run_dir, c.max_steps):
+            train(c, resume=run_dir.exists() and checkpoint.latest(run_dir) is not None, progress=progress)
+        hist = checkpoint.load_state(run_dir)["history"]
+        at = [h["val_bound_ema"] for h in hist if h.get("step") == c.max_steps and "val_bound_ema" in h]
+        search[lr] = at[-1] if at else math.inf
+    best = min(search, key=lambda lr: (search[lr], list(search).index(lr)))
+    final = comp.run_config(method_name, root, [*overrides, f"lr={best}", f"name={cfg.name}__{_lr_name(best)}"])
+    return final, search
+
+
 def run_method(comp: Comparison, method_name: str, out: Path, overrides: list[str], progress: bool = True,
                built: tuple | None = None):
-    """Train (or resume, or reuse) one method of a comparison, evaluate its EMA weights, write its run file.
+    """Train (after the comparison's learning-rate search; or resume a killed run, or reuse a finished one),
+    evaluate its EMA weights with resolved standard errors, write its run file and per-example estimates.
 
     `built`: the (method, data) run_bench already built from this config (for the fairness check); the trained
     weights are loaded into it instead of building the model again."""
-    cfg = comp.run_config(method_name, out / "checkpoints" / comp.scale / comp.name, overrides)
-    run_dir = Path(cfg.out_dir) / cfg.name
     t0 = time.perf_counter()
+    cfg, search = tuned_config(comp, method_name, out, overrides, progress)
+    run_dir = Path(cfg.out_dir) / cfg.name
     if not _finished(run_dir, cfg.max_steps):
         resume = run_dir.exists() and checkpoint.latest(run_dir) is not None
         train(cfg, resume=resume, progress=progress)
     train_s = time.perf_counter() - t0
     device = resolve_device(cfg.device)
     _, method, data = load_run(run_dir, config=cfg, device=device, built=built)
+    unit = units.default_unit(data.spec.kind, data.spec.name)
+    hist = checkpoint.load_state(run_dir)["history"]
+    conv = convergence(hist, unit, data.spec.ndim)
     t1 = time.perf_counter()
-    rows = evaluate(method, data, n_steps_list=cfg.eval_n_steps, split=cfg.eval_split, n_repeats=cfg.eval_repeats,
-                    batch_size=cfg.eval_batch_size, max_examples=cfg.eval_examples, seed=cfg.seed, device=device,
-                    progress=progress)
+    ev = dict(comp.resolve)
+    rows, per_example = evaluate_resolved(
+        method, data, n_steps_list=cfg.eval_n_steps, split=cfg.eval_split, batch_size=cfg.eval_batch_size,
+        max_examples=cfg.eval_examples, seed=cfg.seed, device=device, unit=unit, progress=progress, **ev)
     eval_s = time.perf_counter() - t1
     info = {"comparison": comp.name, "backbone": cfg.backbone, "backbone_kwargs": cfg.backbone_kwargs,
             "optimizer": f"AdamW(lr={cfg.lr}, betas={tuple(cfg.betas)}, wd={cfg.weight_decay})",
             "batch_size": cfg.batch_size, "updates": cfg.max_steps, "ema_decay": cfg.ema_decay,
             "grad_clip": cfg.grad_clip, "train_n_steps": cfg.train_n_steps, "data_order_seed": cfg.seed,
             "method_kwargs": cfg.method_kwargs, "train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1),
-            "paper_dataset": comp.paper_dataset, "stand_in_for": data.spec.stand_in_for}
+            "paper_dataset": comp.paper_dataset, "stand_in_for": data.spec.stand_in_for,
+            "lr_search": {str(k): v for k, v in search.items()}, "lr_search_steps": (comp.tune or {}).get("steps"),
+            "convergence": conv}
     n_params = _count(method)
     rows = [results.make_row(**r, n_params=n_params, train_info=json.dumps(info, default=str, sort_keys=True))
             for r in rows]
-    hist = checkpoint.load_state(run_dir)["history"]
     rows += [results.make_row(method=method_name, dataset=data.spec.name, split="val", metric=k, n_steps=math.nan,
-                              value=h[k], unit="nats", bound="<=", n_dims=data.spec.ndim, seed=cfg.seed,
+                              value=h[k], unit="nats", bound="<=",
+                              n_dims=data.spec.ndim, seed=cfg.seed,
                               protocol=f"training curve at step {h['step']}", n_repeats=1, n_params=n_params,
-                              train_info=json.dumps({"step": h["step"], "comparison": comp.name}))
-             for h in hist for k in ("val_loss_ema",) if k in h]
+                              train_info=json.dumps({"step": h["step"], "comparison": comp.name,
+                                                     "still_falling": conv["still_falling"]}))
+             for h in hist for k in ("val_loss_ema", "val_bound_ema") if k in h]
     table = results.make_table(rows, run_id=results.new_run_id(comp.name), config=cfg.to_dict(),
                                provenance=results.Provenance.collect(device))
     path = _replace_run(table, out / comp.scale / "runs", f"{comp.name}__{method_name}")
+    passes = {f"n={'inf' if r['n_steps'] == math.inf else int(r['n_steps'])}": int(r["n_repeats"]) for r in rows
+              if r["metric"] == "nll"}
+    compare.write_examples(out / comp.scale / "examples" / f"{comp.name}__{method_name}.npz", per_example,
+                           {"comparison": comp.name, "method": method_name, "dataset": data.spec.name, "unit": unit,
+                            "n_dims": data.spec.ndim, "split": cfg.eval_split, "seed": cfg.seed, "passes": passes,
+                            "convergence": conv, "lr": cfg.lr, "lr_search": {str(k): v for k, v in search.items()}})
     return path, method, data, cfg
 
 
@@ -112,16 +160,21 @@ def run_bench(scale: str = "embedded", out: str | Path = "results", only: list[s
         if samples:
             plots.sample_grid(method, data.spec, out / scale / "plots" / "samples" / f"{comp.name}__{m}.png",
                               n_steps_list=[n for n in (10, 100) if n], seed=cfg.seed)
-    for comp in comps:  # the null model of each data set, for K - L_null and as a floor to beat
+    for comp in comps:  # the null model of each data set (K - L_null, a floor to beat) and the truth where known
         first = next(iter(comp.methods))
         cfg = comp.run_config(first, out, overrides)
         data = built[comp.name, first][1]
-        table = results.make_table(null_model_rows(data, split=cfg.eval_split, max_examples=cfg.eval_examples,
-                                                   seed=cfg.seed),
+        kw = dict(split=cfg.eval_split, max_examples=cfg.eval_examples, seed=cfg.seed)
+        table = results.make_table(null_model_rows(data, **kw) + truth_rows(data, **kw),
                                    run_id=results.new_run_id(f"{comp.name}-null"), provenance=results.Provenance.collect())
         _replace_run(table, out / scale / "runs", f"{comp.name}__null")
+        null, desc = null_model_values(data, **kw)
+        compare.write_reference(out / scale / "examples" / f"{comp.name}__reference.npz", comp.name, data.spec.name,
+                                units.default_unit(data.spec.kind, data.spec.name), data.spec.ndim, null,
+                                exact_nll_of(data, cfg.eval_split, cfg.eval_examples), desc)
     df = results.load_results(out / scale / "runs")
-    written = tables.write_all(df, out / scale / "tables")
+    written, cells = compare.write_all(out / scale / "examples", out / scale / "tables")
+    written += tables.write_all(df, out / scale / "tables", cells=cells)
     written += plots.write_all(df, out / scale / "plots")
     written.append(variance_study(scale, out, only, overrides=overrides, built=built))
     elapsed = time.perf_counter() - t0
@@ -152,6 +205,10 @@ def variance_study(scale: str = "embedded", out: str | Path = "results", only: l
     for comp in load_comparisons(scale, only):
         for m in comp.methods:
             cfg = comp.run_config(m, out / "checkpoints" / comp.scale / comp.name, overrides)
+            if comp.tune and not _finished(Path(cfg.out_dir) / f"{cfg.name}__{_lr_name(comp.tune['lr'][0])}",
+                                           comp.tune["steps"]):
+                continue  # the search has not run: nothing trained to study
+            cfg, _ = tuned_config(comp, m, out, overrides or [], progress=False)
             run_dir = Path(cfg.out_dir) / cfg.name
             if not _finished(run_dir, cfg.max_steps):
                 continue

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from suite import units
+from suite.compare import MARKS_TEXT
 from suite.results import load_reference
 
 #: suite method -> (paper model name, variant) for matching published rows
@@ -33,10 +34,10 @@ METHOD_MODEL = {
 
 #: paper data set -> (unit, data sets of this suite that measure it, the real one first)
 PAPER_DATA = {
-    "binarized_mnist": ("nats/image", ["binarized_mnist", "mnist_embedded_binarized"]),
-    "cifar10_8bit": ("bits/dim", ["cifar10_256", "mnist_embedded_256", "mnist_256"]),
-    "cifar10_4bit": ("bits/dim", ["cifar10_16", "mnist_embedded_16", "mnist_16"]),
-    "text8": ("BPC", ["text8", "text_embedded"]),
+    "binarized_mnist": ("nats/image", ["binarized_mnist", "mnist_embedded_binarized", "mnist_mixture_binarized"]),
+    "cifar10_8bit": ("bits/dim", ["cifar10_256", "mnist_embedded_256", "mnist_256", "mnist_mixture_256"]),
+    "cifar10_4bit": ("bits/dim", ["cifar10_16", "mnist_embedded_16", "mnist_16", "mnist_mixture_16"]),
+    "text8": ("BPC", ["text8", "text_embedded", "text_hmm"]),
     "swiss_roll": ("bits", ["swiss_roll"]),
     "binary_heartbeat": ("bits/seq", ["binary_heartbeat"]),
 }
@@ -53,18 +54,56 @@ def _fmt(v: float, se: float = math.nan, digits: int = 2) -> str:
     return s
 
 
-def _ours(df: pd.DataFrame, paper_dataset: str, method: str, n_steps: float) -> tuple[str, str]:
-    """This suite's cell for (paper data set, method, n steps) and the data set that produced it."""
+#: the per-cell analysis of suite/compare.py (gaps, marks) of the tables being built; None: plain cells
+_CELLS: pd.DataFrame | None = None
+
+
+def _cell(dataset: str, method: str, n_steps: float) -> dict | None:
+    if _CELLS is None or _CELLS.empty:
+        return None
+    d = _CELLS[(_CELLS["dataset"] == dataset) & (_CELLS["method"] == method) & (_CELLS["n_steps"] == n_steps)]
+    return d.iloc[-1].to_dict() if len(d) else None
+
+
+def _digits(unit: str) -> int:
+    return 3 if unit in ("bits/dim", "BPC", "bits", "bits/seq") else 2
+
+
+def _ours(df: pd.DataFrame, paper_dataset: str, method: str, n_steps: float, what: str = "value") -> tuple[str, str]:
+    """This suite's cell for (paper data set, method, n steps) and the data set that produced it, with its marks
+    (suite/compare.py); `what="gap"`: the paired gap bound - truth instead (— where the truth is unknown)."""
     unit, names = PAPER_DATA[paper_dataset]
     d = df[(df["metric"] == "nll") & (df["method"] == method) & (df["n_steps"] == n_steps)]
     for name in names:
         row = d[d["dataset"] == name]
         if len(row):
             r = row.iloc[-1]
+            c = _cell(name, method, n_steps)
+            if what == "gap":
+                if c is None or "gap" not in c or pd.isna(c.get("gap")):
+                    return "—", name
+                v, se, u = c["gap"], c["gap_se"], c["unit"]
+                return _fmt(units.convert(v, u, unit, int(r["n_dims"])), units.convert(se, u, unit, int(r["n_dims"])),
+                            _digits(unit)), name
             v = units.convert(float(r["value"]), r["unit"], unit, int(r["n_dims"]))
             se = units.convert(float(r["stderr"]), r["unit"], unit, int(r["n_dims"]))
-            return _fmt(v, se, 3 if unit in ("bits/dim", "BPC") else 2), name
+            marks = (c or {}).get("marks") or ""
+            return _fmt(v, se, _digits(unit)) + (f" {marks}" if marks else ""), name
     return "—", ""
+
+
+def _truth(df: pd.DataFrame, paper_dataset: str, datasets: set[str]) -> tuple[str, str]:
+    """The exact NLL of the test examples under the generating model, for the first of `datasets` that has one."""
+    unit, names = PAPER_DATA[paper_dataset]
+    t = df[(df["metric"] == "nll") & (df["method"] == "truth")]
+    for name in names:
+        row = t[t["dataset"] == name]
+        if name in datasets and len(row):
+            r = row.iloc[-1]
+            v = units.convert(float(r["value"]), r["unit"], unit, int(r["n_dims"]))
+            se = units.convert(float(r["stderr"]), r["unit"], unit, int(r["n_dims"]))
+            return _fmt(v, se, _digits(unit)), name
+    return "", ""
 
 
 def _pub(row) -> str:
@@ -88,7 +127,8 @@ def table_models(df, ref, table: int, paper_dataset: str, methods: list[str]) ->
     """BFN Tables 1 and 4: published models, then this suite's methods (continuous time or their largest n)."""
     pub = ref[(ref["paper"] == "bfn2023") & (ref["table"] == str(table)) & (ref["dataset"] == paper_dataset)]
     rows = [{"model": r["model"] + (f" ({r['variant']})" if r["variant"] else ""), "published": _pub(r),
-             "bfnbench": "", "data used": ""} for _, r in pub.iterrows()]
+             "bfnbench": "", "gap = bound - truth": "", "data used": ""} for _, r in pub.iterrows()]
+    used_sets = set()
     for m in methods:
         d = df[(df["metric"] == "nll") & (df["method"] == m) & df["dataset"].isin(PAPER_DATA[paper_dataset][1])]
         if d.empty:
@@ -98,8 +138,18 @@ def table_models(df, ref, table: int, paper_dataset: str, methods: list[str]) ->
         if used:
             model, variant = METHOD_MODEL.get(m, (m, ""))
             label = f"{model}" + (f" ({variant})" if variant else "") + f" [bfnbench {m}, n={_steps_label(n)}]"
-            rows.append({"model": label, "published": "", "bfnbench": cell, "data used": _used(used)})
-    return pd.DataFrame(rows)
+            gap, _ = _ours(df, paper_dataset, m, n, what="gap")
+            rows.append({"model": label, "published": "", "bfnbench": cell, "gap = bound - truth": gap,
+                         "data used": _used(used)})
+            used_sets.add(used)
+    truth, used = _truth(df, paper_dataset, used_sets)
+    if truth:
+        rows.append({"model": "truth: exact -ln p under the generating model", "published": "", "bfnbench": truth,
+                     "gap = bound - truth": "0", "data used": _used(used)})
+    t = pd.DataFrame(rows)
+    if len(t) and not (t["gap = bound - truth"].isin(["", "—"])).all():
+        return t
+    return t.drop(columns=["gap = bound - truth"]) if len(t) else t
 
 
 def table_steps(df, ref, table: int, columns: list[tuple[str, str, str]]) -> pd.DataFrame:
@@ -110,7 +160,7 @@ def table_steps(df, ref, table: int, columns: list[tuple[str, str, str]]) -> pd.
                   & (ref["variant"] == variant)]
         steps |= set(pub["n_steps"])
         steps |= set(df[(df["metric"] == "nll") & (df["method"] == m) & df["dataset"].isin(PAPER_DATA[pdset][1])]["n_steps"])
-    out = []
+    out, used_sets = [], {}
     for n in sorted(s for s in steps if not math.isnan(s)):
         row = {"n steps": _steps_label(n)}
         for pdset, variant, m in columns:
@@ -120,8 +170,23 @@ def table_steps(df, ref, table: int, columns: list[tuple[str, str, str]]) -> pd.
             row[f"{key}: published"] = _pub(pub.iloc[0]) if len(pub) else "—"
             cell, used = _ours(df, pdset, m, n)
             row[f"{key}: bfnbench"] = cell + (f" [{_used(used)}]" if used and used not in PAPER_DATA[pdset][1][:1] else "")
+            gap, _ = _ours(df, pdset, m, n, what="gap")
+            row[f"{key}: gap"] = gap
+            if used:
+                used_sets.setdefault(key, set()).add(used)
         out.append(row)
-    return pd.DataFrame(out)
+    truth_row, any_truth = {"n steps": "truth"}, False
+    for pdset, variant, _m in columns:
+        key = f"{pdset}{' ' + variant if variant else ''}"
+        truth, used = _truth(df, pdset, used_sets.get(key, set()))
+        any_truth |= bool(truth)
+        truth_row.update({f"{key}: published": "", f"{key}: bfnbench": truth or "—", f"{key}: gap": ""})
+    t = pd.DataFrame(out)
+    if any_truth:
+        t = pd.concat([t, pd.DataFrame([truth_row])], ignore_index=True)
+    gaps = [c for c in t.columns if c.endswith(": gap")]
+    empty = [c for c in gaps if t[c].isin(["", "—"]).all()]
+    return t.drop(columns=empty)
 
 
 def table_sohl(df, ref) -> pd.DataFrame:
@@ -141,7 +206,9 @@ def table_sohl(df, ref) -> pd.DataFrame:
             def to_bits(v, best=best):
                 return units.convert(float(v), best["unit"], "bits", int(best["n_dims"]))
 
-            row["K bfnbench"] = _fmt(-to_bits(best["value"]), to_bits(best["stderr"]), 3)
+            c = _cell(r["dataset"], m, float(best["n_steps"]))
+            marks = (c or {}).get("marks") or ""
+            row["K bfnbench"] = _fmt(-to_bits(best["value"]), to_bits(best["stderr"]), 3) + (f" {marks}" if marks else "")
             if len(null):
                 nb = units.convert(float(null.iloc[-1]["value"]), null.iloc[-1]["unit"], "bits", int(best["n_dims"]))
                 row["K - L_null bfnbench"] = _fmt(nb - to_bits(best["value"]), to_bits(best["stderr"]), 3)
@@ -177,7 +244,8 @@ TITLES = {
 }
 FOOTER = (f"{DAGGER} recalled: from memory of the paper, not yet checked cell by cell (paper_numbers.csv). "
           "bfnbench cells: mean ± standard error of an upper bound on NLL (MNIST nats/image, images bits/dim, "
-          "text BPC); '(stand-in)' names the embedded data set that replaced the paper's.")
+          "text BPC); '(stand-in)' names the embedded data set that replaced the paper's. gap: the paired mean of bound - "
+          "exact NLL over the same test examples, where the data were sampled from a known model (docs/truth.md).")
 
 
 # ---------------------------------------------------------------- the one formatter of every table
@@ -193,17 +261,28 @@ def latex(t: pd.DataFrame, caption: str, label: str) -> str:
     return t.to_latex(index=False, caption=caption, label=label, escape=True) if len(t) else "% no rows\n"
 
 
-def write_all(df: pd.DataFrame, out_dir: str | Path, ref: pd.DataFrame | None = None) -> list[Path]:
+def write_all(df: pd.DataFrame, out_dir: str | Path, ref: pd.DataFrame | None = None,
+              cells: pd.DataFrame | None = None) -> list[Path]:
+    """Every table as LaTeX and all of them in tables.md. `cells`: suite/compare.py's per-cell analysis (gaps to the
+    truth, marks for runs still falling, at the null model, or with unresolved s.e.); without it, plain cells."""
+    global _CELLS
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, md = [], []
-    for name, t in build_tables(df, ref).items():
+    _CELLS = cells
+    try:
+        built = build_tables(df, ref)
+    finally:
+        _CELLS = None
+    for name, t in built.items():
         md.append(f"## {TITLES[name]}\n\n" + markdown(t) + "\n")
         tex = out_dir / f"{name}.tex"
         tex.write_text(latex(t, TITLES[name], f"tab:{name}"))
         written.append(tex)
     p = out_dir / "tables.md"
-    p.write_text("# Regenerated tables\n\n" + "\n".join(md) + "\n" + FOOTER + "\n")
+    marks = f"\n\nMarks: {MARKS_TEXT} Paired differences: comparisons.md; the papers' claims checked: claims.md." \
+        if cells is not None and not cells.empty else ""
+    p.write_text("# Regenerated tables\n\n" + "\n".join(md) + "\n" + FOOTER + marks + "\n")
     written.append(p)
     return written
 

@@ -55,8 +55,11 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 @torch.no_grad()
-def validate(method: Method, data, cfg: RunConfig, device: torch.device) -> float:
-    """Mean validation loss (nats per example) of `method` on the first cfg.val_examples of the val split."""
+def validate(method: Method, data, cfg: RunConfig, device: torch.device, bound: bool = False) -> float:
+    """Mean validation loss (nats per example) of `method` on the first cfg.val_examples of the val split;
+    with `bound`, the mean NLL bound (`method.nll` at its own grid or continuous time) instead: the training
+    loss of some methods is not a bound (DDPM's L_hybrid, the auxiliary terms of the discrete baselines), and
+    learning rates are chosen and convergence judged on the bound."""
     was = method.training
     method.eval()
     total, count = 0.0, 0
@@ -64,7 +67,8 @@ def validate(method: Method, data, cfg: RunConfig, device: torch.device) -> floa
     torch.manual_seed(cfg.seed + 12345)  # the same t and noise draws at every validation
     for x in data.batches("val", cfg.eval_batch_size, seed=cfg.seed, device=device):
         x = x[: cfg.val_examples - count]
-        total += float(method.loss(x, cfg.train_n_steps).double().sum())
+        v = method.nll(x, None) if bound else method.loss(x, cfg.train_n_steps)
+        total += float(v.double().sum())
         count += x.shape[0]
         if count >= cfg.val_examples:
             break
@@ -216,8 +220,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
                 history.append({"step": step, "train_loss": loss.item() * D})
                 bar.set_postfix(loss=f"{loss.item() * D:.4g}", ex_s=f"{rate:.0f}")
             if step % cfg.val_every == 0 or step == cfg.max_steps:
-                v = validate(ema, data, cfg, device)
-                history.append({"step": step, "val_loss_ema": v})
+                history.append({"step": step, "val_loss_ema": validate(ema, data, cfg, device),
+                                "val_bound_ema": validate(ema, data, cfg, device, bound=True)})
             bar.update(1)
             if step % cfg.ckpt_every == 0 or step == cfg.max_steps:
                 save_ckpt()

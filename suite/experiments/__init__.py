@@ -48,6 +48,25 @@ class Comparison:
     eval: dict = field(default_factory=dict)
     description: str = ""
     scale: str = "embedded"
+    #: the learning-rate search every method gets: {lr: [...], steps: N} (suite/bench.py tuned_config)
+    tune: dict = field(default_factory=dict)
+    #: how evaluation resolves its standard errors: {group, min_groups, max_groups} (evaluate_resolved)
+    resolve: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.tune:
+            bad = sorted(set(self.tune) - {"lr", "steps"})
+            lrs, steps = self.tune.get("lr"), self.tune.get("steps")
+            if bad or not isinstance(lrs, list) or not lrs or not all(isinstance(v, (int, float)) and v > 0 for v in lrs):
+                raise ConfigError(f"comparison {self.name}: tune must be {{lr: [positive learning rates], steps: N}}, "
+                                  f"got {self.tune!r}")
+            max_steps = self.train.get("max_steps", RunConfig.max_steps)
+            if not isinstance(steps, int) or not 1 <= steps <= max_steps:
+                raise ConfigError(f"comparison {self.name}: tune.steps must be an integer in [1, max_steps={max_steps}], "
+                                  f"got {steps!r}")
+        bad = sorted(set(self.resolve) - {"group", "min_groups", "max_groups"})
+        if bad:
+            raise ConfigError(f"comparison {self.name}: unknown resolve key(s) {bad}; use group, min_groups, max_groups")
 
     def run_config(self, method: str, out_dir: str | Path, overrides: list[str] | None = None) -> RunConfig:
         """The RunConfig of one method in this comparison; `overrides` (key=value) apply to all methods."""
