@@ -171,13 +171,18 @@ def cells(examples_dir: str | Path) -> pd.DataFrame:
     return df
 
 
+def _is(v, want: bool) -> bool:
+    """v (a bool, numpy bool, None or NaN) is known and equals `want`."""
+    return v is not None and not (isinstance(v, float) and math.isnan(v)) and bool(v) is want
+
+
 def _marks(r: dict) -> str:
     s = ""
-    if r.get("still_falling"):
+    if _is(r.get("still_falling"), True):
         s += FALLING
-    if r.get("beats_null") is False:
+    if _is(r.get("beats_null"), False):
         s += AT_NULL
-    if r.get("se_met") is False:
+    if _is(r.get("se_met"), False):
         s += UNRESOLVED_SE
     return s
 
@@ -204,9 +209,9 @@ def _run_mark(cell: pd.Series | None, name: str) -> str | None:
     if cell is None:
         return f"{name} not run"
     why = []
-    if cell.get("still_falling"):
+    if _is(cell.get("still_falling"), True):
         why.append(f"{name} still falling {FALLING}")
-    if cell.get("beats_null") is False:
+    if _is(cell.get("beats_null"), False):
         why.append(f"{name} not below the null model {AT_NULL}")
     return "; ".join(why) or None
 
