@@ -56,8 +56,23 @@ def _grid(n: int, height: float, cols: int = 3):
     return fig, flat[:n]
 
 
+def _falling(train_info) -> bool:
+    try:
+        info = json.loads(train_info) if isinstance(train_info, str) and train_info else {}
+    except ValueError:
+        return False
+    return bool(info.get("still_falling") or (info.get("convergence") or {}).get("still_falling"))
+
+
+def _label(m: str, g: pd.DataFrame) -> str:
+    """The method's legend entry, marked ‡ when its validation bound was still falling (suite/compare.py)."""
+    return f"{m} ‡ still falling" if "train_info" in g and g["train_info"].map(_falling).any() else m
+
+
 def nll_vs_steps(df: pd.DataFrame, path: Path) -> list[Path]:
-    """One panel per data set: NLL bound against n steps (log x, error bars), continuous time dashed."""
+    """One panel per data set: NLL bound against n steps (log x, error bars), continuous time dashed; the null
+    model (grey) and, where the data were sampled from a known model, the exact NLL (black) dotted."""
+    refs = df[(df["metric"] == "nll") & df["method"].isin(["null", "truth"])]
     d = df[(df["metric"] == "nll") & df["n_steps"].notna()]
     if d.empty:
         return []
@@ -70,11 +85,16 @@ def nll_vs_steps(df: pd.DataFrame, path: Path) -> list[Path]:
             fin = g[g["n_steps"] < math.inf].sort_values("n_steps")
             if len(fin):
                 ax.errorbar(fin["n_steps"], fin["value"], yerr=fin["stderr"].fillna(0), color=c, marker="o", ms=3,
-                            capsize=2, lw=1.4, label=m)
+                            capsize=2, lw=1.4, label=_label(m, g))
             inf = g[g["n_steps"] == math.inf]
             if len(inf):
                 v = float(inf["value"].iloc[0])
-                ax.axhline(v, color=c, ls="--", lw=1.1, label=None if len(fin) else f"{m} (continuous)")
+                ax.axhline(v, color=c, ls="--", lw=1.1, label=None if len(fin) else f"{_label(m, g)} (continuous)")
+        for who, colr in (("null", "0.6"), ("truth", "k")):
+            r = refs[(refs["dataset"] == name) & (refs["method"] == who)]
+            if len(r):
+                ax.axhline(float(r["value"].iloc[-1]), color=colr, ls=":", lw=1.2,
+                           label="null model" if who == "null" else "truth (exact NLL)")
         ax.set_xscale("log")
         ax.set_xlabel("steps n (dashed: continuous time)")
         ax.set_ylabel(f"NLL bound ({s['unit'].iloc[0]})")
@@ -86,7 +106,10 @@ def nll_vs_steps(df: pd.DataFrame, path: Path) -> list[Path]:
 
 
 def training_curves(df: pd.DataFrame, path: Path) -> list[Path]:
-    d = df[df["metric"] == "val_loss_ema"].copy()
+    """EMA validation bound against updates (the training loss where no bound was recorded: older runs), one panel
+    per comparison; a run still falling at the end (suite/compare.py convergence) is marked ‡."""
+    key = "val_bound_ema" if (df["metric"] == "val_bound_ema").any() else "val_loss_ema"
+    d = df[df["metric"] == key].copy()
     if d.empty:
         return []
     d["step"] = d["train_info"].map(lambda s: json.loads(s)["step"])
@@ -96,9 +119,9 @@ def training_curves(df: pd.DataFrame, path: Path) -> list[Path]:
     for ax, comp in zip(axes, comps, strict=False):
         for m, g in d[d["comparison"] == comp].groupby("method", sort=True):
             g = g.sort_values("step")
-            ax.plot(g["step"], g["value"] / g["n_dims"], color=colour(m), label=m, lw=1.4)
+            ax.plot(g["step"], g["value"] / g["n_dims"], color=colour(m), label=_label(m, g), lw=1.4)
         ax.set_xlabel("update")
-        ax.set_ylabel("EMA validation loss (nats/dim)")
+        ax.set_ylabel("EMA validation bound (nats/dim)" if key == "val_bound_ema" else "EMA validation loss (nats/dim)")
         ax.set_title(comp, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
