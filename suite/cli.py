@@ -190,10 +190,13 @@ def _results_for(args):
 
 
 def cmd_tables(args) -> int:
-    from suite import tables
+    from suite import compare, tables
 
     df = _results_for(args)
-    for p in tables.write_all(df, args.out):
+    # the per-example estimates the bench saved beside runs/ (paired differences, gaps, claims), when present
+    examples = Path(args.examples) if args.examples else Path(args.results).parent / "examples"
+    written, cells = compare.write_all(examples, args.out) if examples.is_dir() else ([], None)
+    for p in written + tables.write_all(df, args.out, cells=cells):
         print(f"wrote {p}")
     return 0
 
@@ -319,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
         q = sub.add_parser(name, help=f"regenerate the {what} from a results folder")
         q.add_argument("--results", default="results/embedded/runs")
         q.add_argument("--out", default=f"results/embedded/{name}")
+        if name == "tables":
+            q.add_argument("--examples", default=None,
+                           help="per-example estimates (default: examples/ beside --results) for paired "
+                                "differences, gaps to the truth and the claims")
         q.set_defaults(func=fn)
 
     r = sub.add_parser("regress", help="likelihood regression: gate NLL bounds against measured references",
