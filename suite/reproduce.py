@@ -285,7 +285,8 @@ def reproduce(checkpoints: Path, data_dir: Path | None, tables=(1, 2, 3, 4, 5), 
                 stderr=float(units.nats_to(res["stderr_nats"], unit, spec.ndim)), unit=unit,
                 paper=float(pub.value.iloc[0]) if len(pub) else math.nan,
                 paper_status=str(pub.status.iloc[0]) if len(pub) else "",
-                n_repeats=res["n_repeats"], n_examples=res["n_examples"],
+                n_repeats=res["n_repeats"], n_examples=res["n_examples"], n_dims=spec.ndim, suite_dataset=spec.name,
+                method=method.name,
                 protocol="; ".join(filter(None, [res["protocol"], p.note])),
                 quirks="+".join(getattr(method, "quirks", ())) or "none",
                 checkpoint=str(find_checkpoint(checkpoints, cfg)), device=device, seconds=round(wall, 2),
@@ -304,14 +305,40 @@ def _hms(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s"
 
 
+def tidy_rows(rows: list[dict]) -> list[dict]:
+    """The cells as the suite's tidy result rows (suite/results.py make_row, the one constructor), the table,
+    variant, configuration, checkpoint, quirks, published number and timing in train_info."""
+    import json
+
+    from suite import results
+
+    extra = ("table", "variant", "config", "checkpoint", "quirks", "paper", "paper_status", "device", "seconds",
+             "estimated_seconds", "dataset")
+    return [results.make_row(method=r["method"], dataset=r["suite_dataset"], split="test", metric="nll",
+                             n_steps=float(r["n_steps"]), value=r["value"], stderr=r["stderr"], unit=r["unit"],
+                             bound="<=", n_repeats=r["n_repeats"], n_examples=r["n_examples"], n_dims=r["n_dims"],
+                             protocol=r["protocol"],
+                             train_info=json.dumps({("paper_dataset" if k == "dataset" else k): r[k] for k in extra
+                                                    if k in r}, default=str, sort_keys=True))
+            for r in rows]
+
+
 def write(rows: list[dict], out: Path) -> tuple[Path, Path]:
-    """cells.csv (every field) and tables.md (one table per paper table, regenerated beside published)."""
+    """cells.csv (every field), runs/*.parquet (the tidy rows, results.load_results reads them) and tables.md
+    (one table per paper table, regenerated beside published, through suite/tables.py markdown)."""
     import pandas as pd
+
+    from suite import results
+    from suite.tables import markdown
 
     out.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)
     csv = out / "cells.csv"
     df.to_csv(csv, index=False)
+    if rows and "method" in df:
+        results.write_run(results.make_table(tidy_rows(rows), run_id=results.new_run_id("reproduce"),
+                                             provenance=results.Provenance.collect(rows[0].get("device"))),
+                          out / "runs")
     lines = ["# BFN paper tables from the official checkpoints", "",
              "Regenerated value +- s.e. beside the published number († = recalled, not yet checked against the "
              "paper). Every cell names its protocol, repeats and the official-code quirks it reproduced (none = "
@@ -323,14 +350,15 @@ def write(rows: list[dict], out: Path) -> tuple[Path, Path]:
         lines += ["Quirks used:", ""] + [f"- {q}: {QUIRKS.get(q, '?')}" for q in used] + [""]
     df = df.sort_values(["table", "dataset", "variant", "n_steps"], kind="stable")
     for tab, g in df.groupby("table", sort=True):
-        lines += [f"## Table {tab}", "", "| data | variant | n steps | regenerated | s.e. | paper | unit | repeats | "
-                  "examples | protocol | quirks |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-        for r in g.itertuples():
-            pub = "" if math.isnan(r.paper) else f"{r.paper:g}{' †' if r.paper_status == 'recalled' else ''}"
-            n = "inf" if r.n_steps == INF else int(r.n_steps)
-            lines.append(f"| {r.dataset} | {r.variant} | {n} | {r.value:.4g} | {r.stderr:.2g} | {pub} | {r.unit} | "
-                         f"{r.n_repeats} | {r.n_examples} | {r.protocol} | {getattr(r, 'quirks', 'none')} |")
-        lines.append("")
+        shown = pd.DataFrame({
+            "data": g["dataset"], "variant": g["variant"],
+            "n steps": ["inf" if n == INF else str(int(n)) for n in g["n_steps"]],
+            "regenerated": [f"{v:.4g}" for v in g["value"]], "s.e.": [f"{v:.2g}" for v in g["stderr"]],
+            "paper": ["" if math.isnan(v) else f"{v:g}{' †' if st == 'recalled' else ''}"
+                      for v, st in zip(g["paper"], g["paper_status"], strict=True)],
+            "unit": g["unit"], "repeats": g["n_repeats"], "examples": g["n_examples"], "protocol": g["protocol"],
+            "quirks": g.get("quirks", pd.Series("none", index=g.index))})
+        lines += [f"## Table {tab}", "", markdown(shown), ""]
     md = out / "tables.md"
     md.write_text("\n".join(lines))
     return csv, md

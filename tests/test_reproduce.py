@@ -93,7 +93,14 @@ def test_end_to_end_on_the_small_mnist_checkpoint(tmp_path):
     assert [r["value"] for r in again] == [r["value"] for r in rows]
     csv, md = write(rows, tmp_path / "out")
     assert "## Table 2" in md.read_text() and "95.21" in md.read_text() and csv.is_file()
-    assert "| protocol | quirks |" in md.read_text() and "quirks" in csv.read_text().splitlines()[0]
+    header = [c.strip() for c in md.read_text().split("## Table 2")[1].strip().splitlines()[0].strip("|").split("|")]
+    assert header[-2:] == ["protocol", "quirks"] and "quirks" in csv.read_text().splitlines()[0]
+    # the same cells as the suite's tidy rows (results.make_row), readable by results.load_results
+    from suite import results
+
+    tidy = results.load_results(tmp_path / "out" / "runs")
+    assert list(tidy["value"]) == [r["value"] for r in rows] and set(tidy["metric"]) == {"nll"}
+    assert list(tidy["dataset"]) == ["binarized_mnist"] * 2 and list(tidy["n_steps"]) == [10, math.inf]
 
 
 @need_ref
