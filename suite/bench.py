@@ -206,8 +206,8 @@ def variance_study(scale: str = "embedded", out: str | Path = "results", only: l
         for m in comp.methods:
             cfg = comp.run_config(m, out / "checkpoints" / comp.scale / comp.name, overrides)
             if comp.tune and not _finished(Path(cfg.out_dir) / f"{cfg.name}__{_lr_name(comp.tune['lr'][0])}",
-                                           comp.tune["steps"]):
-                continue  # the search has not run: nothing trained to study
+                                           min(comp.tune["steps"], cfg.max_steps)):
+                continue  # the search has not run: nothing trained to study (same step count as tuned_config)
             cfg, _ = tuned_config(comp, m, out, overrides or [], progress=False)
             run_dir = Path(cfg.out_dir) / cfg.name
             if not _finished(run_dir, cfg.max_steps):

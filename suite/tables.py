@@ -297,6 +297,10 @@ def write_variance(df: pd.DataFrame, dest: str | Path, passes: int, groups: int,
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     df.to_csv(dest / "variance.csv", index=False, float_format="%.6g")
+    if df.empty:  # nothing trained to study (e.g. `bench --only` of a comparison whose runs have not finished)
+        (dest / "variance.md").write_text(
+            "# Plain against systematic t\n\nNo finished run to study: train the comparisons first (bfnbench bench).\n")
+        return dest / "variance.md"
     fmt = df.copy()
     fmt["n_steps"] = fmt["n_steps"].map(lambda v: "∞" if v == math.inf else str(int(v)))
     for est in ("plain", "systematic"):

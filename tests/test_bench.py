@@ -125,6 +125,27 @@ def test_the_snapshot_comparison_tolerates_rounding_only():
     assert _same(["x"], ["x", "y"]) != []
 
 
+def test_variance_study_finds_tuned_runs_shortened_by_an_override(tmp_path, monkeypatch):
+    """A `max_steps=` override shorter than the search's `tune.steps` shortens the search too (tuned_config);
+    the variance study must look for the search runs at that same step count. (It looked at tune.steps, found
+    nothing, and write_variance then failed on the empty frame.)"""
+    comp = _comparison()
+    comp.tune = {"lr": [0.05, 0.02], "steps": 8}
+    monkeypatch.setattr(bench, "load_comparisons", lambda scale, only=None: [comp])
+    monkeypatch.setattr("suite.plots.write_all", lambda df, out: [])
+    out = tmp_path / "results"
+    bench.run_bench("embedded", out=out, overrides=["max_steps=4"], progress=False, samples=False)
+    var = pd.read_csv(out / "embedded" / "tables" / "variance.csv")
+    assert sorted(var["n_steps"].tolist()) == [10, math.inf] and set(var["method"]) == {"_test_gauss"}
+
+
+def test_variance_table_of_no_runs_says_so(tmp_path):
+    from suite import tables
+
+    md = tables.write_variance(pd.DataFrame(), tmp_path, 16, 4, 200).read_text()
+    assert "No finished run" in md and (tmp_path / "variance.csv").exists()
+
+
 if __name__ == "__main__":  # regenerate the snapshot: python -m tests.test_bench TMPDIR
     import sys
 
