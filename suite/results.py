@@ -231,19 +231,23 @@ def write_run(df: pd.DataFrame, results_dir: str | Path, name: str | None = None
     return path
 
 
-def load_results(results_dir: str | Path, recursive: bool = True) -> pd.DataFrame:
+def load_results(results_dir: str | Path, recursive: bool = True, stems: set[str] | None = None) -> pd.DataFrame:
     """Every run file under `results_dir` as one DataFrame.
 
     A file that cannot be read or does not match the schema is logged and skipped; the skipped paths
-    and reasons are in `df.attrs["skipped"]`.
+    and reasons are in `df.attrs["skipped"]`. `stems`: read only the files whose name up to the first '.'
+    (`<comparison>__<method>`) is in the set; the others are listed in `df.attrs["ignored"]`.
     """
     root = Path(results_dir)
     if not root.is_dir():
         raise ResultsError(f"results folder {root} does not exist; run `bfnbench eval` or pass the right folder")
     files = sorted(root.rglob("*.parquet") if recursive else root.glob("*.parquet"))
-    frames, skipped = [], []
+    frames, skipped, ignored = [], [], []
     for f in files:
         if f.name.startswith("."):  # a temporary file of a write in progress
+            continue
+        if stems is not None and f.name.split(".", 1)[0] not in stems:
+            ignored.append(str(f))
             continue
         try:
             df = pd.read_parquet(f)
@@ -260,6 +264,7 @@ def load_results(results_dir: str | Path, recursive: bool = True) -> pd.DataFram
         frames.append(df)
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({c: pd.Series(dtype=t) for c, t in SCHEMA.items()})
     out.attrs["skipped"] = skipped
+    out.attrs["ignored"] = ignored
     return out
 
 

@@ -139,6 +139,27 @@ def test_variance_study_finds_tuned_runs_shortened_by_an_override(tmp_path, monk
     assert sorted(var["n_steps"].tolist()) == [10, math.inf] and set(var["method"]) == {"_test_gauss"}
 
 
+def test_tables_leave_out_runs_of_comparisons_no_longer_configured(tmp_path, monkeypatch, capsys):
+    """A run file an older bench wrote for a comparison/method since dropped from the configs stays on disk,
+    is named on stdout, and reaches no table or plot (the tables once mixed such runs, on other data, in)."""
+    seen = []
+    monkeypatch.setattr(bench, "load_comparisons", lambda scale, only=None: [_comparison()])
+    monkeypatch.setattr("suite.plots.write_all", lambda df, out: seen.append(df) or [])
+    out = tmp_path / "results"
+    runs = out / "embedded" / "runs"
+    bench.run_bench("embedded", out=out, progress=False, samples=False)
+    (mine,) = runs.glob("toy___test_gauss.*.parquet")
+    stale = pd.read_parquet(mine).assign(value=1234.5)
+    stale.to_parquet(runs / "gone___test_gauss.old-run.parquet")
+    capsys.readouterr()
+    bench.run_bench("embedded", out=out, progress=False, samples=False)  # reuses the finished run
+    printed = capsys.readouterr().out
+    assert "gone___test_gauss.old-run.parquet is not a run of any embedded comparison" in printed
+    assert (runs / "gone___test_gauss.old-run.parquet").exists()
+    assert 1234.5 not in seen[-1]["value"].tolist() and len(seen[-1]) == len(seen[0])
+    assert "1234" not in (out / "embedded" / "tables" / "tables.md").read_text()
+
+
 def test_variance_table_of_no_runs_says_so(tmp_path):
     from suite import tables
 
