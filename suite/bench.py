@@ -229,4 +229,14 @@ def variance_study(scale: str = "embedded", out: str | Path = "results", only: l
                     row.update({"n_steps": r["n_steps"], "unit": r["unit"], f"{est}": r["value"], f"{est}_se": r["stderr"]})
                 row["se_ratio"] = row["plain_se"] / row["systematic_se"] if row["systematic_se"] > 0 else math.nan
                 rows.append(row)
-    return tables.write_variance(pd.DataFrame(rows), out / scale / "tables", passes, groups, examples)
+    df = pd.DataFrame(rows)
+    previous = out / scale / "tables" / "variance.csv"
+    if only and previous.is_file() and previous.stat().st_size > 1:  # `--only`: keep the other comparisons' rows
+        kept = pd.read_csv(previous)
+        if "comparison" in kept.columns:
+            kept = kept[~kept["comparison"].isin(set(only))]
+            order = [c.name for c in load_comparisons(scale)]
+            df = pd.concat([kept, df], ignore_index=True) if len(df) else kept
+            df = df.sort_values("comparison", key=lambda s: s.map({n: i for i, n in enumerate(order)}),
+                                kind="stable", ignore_index=True)
+    return tables.write_variance(df, out / scale / "tables", passes, groups, examples)

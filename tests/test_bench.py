@@ -160,6 +160,22 @@ def test_tables_leave_out_runs_of_comparisons_no_longer_configured(tmp_path, mon
     assert "1234" not in (out / "embedded" / "tables" / "tables.md").read_text()
 
 
+def test_bench_only_keeps_the_other_comparisons_variance_rows(tmp_path, monkeypatch):
+    """`bench --only A` re-studies A and keeps B's rows of variance.csv (it once rewrote the table with A's alone)."""
+    a, b = _comparison(), _comparison()
+    b.name = "toy_b"
+    monkeypatch.setattr(bench, "load_comparisons",
+                        lambda scale, only=None: [c for c in (a, b) if not only or c.name in only])
+    monkeypatch.setattr("suite.plots.write_all", lambda df, out: [])
+    out = tmp_path / "results"
+    bench.run_bench("embedded", out=out, progress=False, samples=False)
+    before = pd.read_csv(out / "embedded" / "tables" / "variance.csv")
+    bench.run_bench("embedded", out=out, only=["toy"], progress=False, samples=False)
+    after = pd.read_csv(out / "embedded" / "tables" / "variance.csv")
+    assert list(after["comparison"]) == list(before["comparison"]) == ["toy", "toy", "toy_b", "toy_b"]
+    pd.testing.assert_frame_equal(after, before)  # the same runs and seeds: the same numbers
+
+
 def test_variance_table_of_no_runs_says_so(tmp_path):
     from suite import tables
 

@@ -173,6 +173,27 @@ def test_sohl_K_claim(tmp_path):
     _write(tmp_path, "heartbeat", "sohl_binomial", {2000.0: K_nats + units.to_nats(0.5, "bits", D)
                                                     + rng.normal(0, 0.01, 1000)}, unit="bits/seq", n_dims=D)
     assert _verdicts(tmp_path)[("binary heartbeat: K = -2.414 b", "sohl_binomial")] == "does not hold"
+    # 0.08 bits off with a 0.05 s.e.: inside 0.1 at the point estimate, but the 95 % interval straddles it
+    off = K_nats + units.to_nats(0.08, "bits", D)
+    spread = units.to_nats(rng.normal(0, 0.05 * 1000**0.5, 1000), "bits", D)  # s.e. of the mean 0.05 bits
+    _write(tmp_path, "heartbeat", "sohl_binomial", {2000.0: off + spread}, unit="bits/seq", n_dims=D)
+    assert _verdicts(tmp_path)[("binary heartbeat: K = -2.414 b", "sohl_binomial")].startswith("not resolved")
+
+
+def test_sohl_K_claim_names_a_published_K_above_the_datas_exact_K(tmp_path):
+    """Every K is a lower bound on E log p: where the data's exact K (the truth) lies below published - tolerance,
+    the verdict says the published value is unreachable on these data."""
+    D = 2
+    rng = np.random.default_rng(3)
+    truth = units.to_nats(1.95, "bits", D) + rng.normal(0, 0.5, 1000)  # exact K -1.95 bits, as the bench's roll
+    compare.write_reference(tmp_path / "swiss_roll__reference.npz", "swiss_roll", "swiss_roll", "bits", D,
+                            truth + 3, truth, "quadrature")
+    _write(tmp_path, "swiss_roll", "sohl_gaussian", {40.0: truth + 0.3 + rng.normal(0, 0.01, 1000)}, unit="bits",
+           n_dims=D)
+    c = compare.claims(tmp_path)
+    row = c[c["claim"].str.startswith("swiss roll")].iloc[0]
+    assert row["verdict"].startswith("does not hold") and "unreachable on these data" in row["verdict"]
+    assert "exact K of these data -1.9" in row["evidence"]
 
 
 def test_tables_carry_truth_row_gap_column_and_marks(tmp_path):

@@ -20,7 +20,7 @@ from baselines.sohl2015 import SohlBinomial, SohlGaussian
 from baselines.sohl2015.kernels import bernoulli_posterior_logit
 from baselines.sohl2015.tiny import TinyMLP
 from suite.data.base import DataSpec
-from suite.data.toys import ROLL_T, swiss_roll, swiss_roll_moments
+from suite.data.toys import ROLL_T, swiss_roll, swiss_roll_log_prob, swiss_roll_moments
 
 HEART = DataSpec("binary_heartbeat", "discrete", (20,), 2)
 SWISS = DataSpec("swiss_roll", "continuous", (2,))
@@ -50,14 +50,6 @@ def _roll_curve(noise, n_grid):
     tau = torch.linspace(*ROLL_T, n_grid, dtype=torch.float64)
     c = torch.stack([tau * torch.cos(tau), tau * torch.sin(tau)], 1) - torch.tensor([mx, my], dtype=torch.float64)
     return c / std, (noise / std) ** 2  # curve in standardised units, per-coordinate noise variance
-
-
-def _roll_log_prob(x, noise, n_grid=20001):
-    """ln p(x) of the standardised noisy swiss roll by quadrature over the curve parameter (uniform)."""
-    mu, s2 = _roll_curve(noise, n_grid)
-    d = x.double()[:, None, :] - mu[None]
-    ll = (-(d**2) / (2 * s2) - 0.5 * torch.log(2 * math.pi * s2)).sum(-1)
-    return torch.logsumexp(ll, 1) - math.log(n_grid)
 
 
 class OracleGaussian(SohlGaussian):
@@ -115,7 +107,7 @@ def test_swiss_roll_oracle_bound_below_true_log_likelihood():
     bits (so Table 1's K = 2.35 is out of reach on these data); the moment-matched Gaussian kernel's K stays below it
     at T = 40 and 400 and rises with T (measured -2.47 and -2.13 bits)."""
     x = swiss_roll(400, torch.Generator().manual_seed(3), 0.5)
-    truth = (_roll_log_prob(x, 0.5) / math.log(2)).mean().item()
+    truth = (swiss_roll_log_prob(x, 0.5) / math.log(2)).mean().item()
     assert -2.05 < truth < -1.85, truth
     ks = []
     for T in (40, 400):
@@ -131,7 +123,7 @@ def test_swiss_roll_truth_quadrature_matches_monte_carlo_entropy_limit():
     E ln p ~ -ln(arc length in standardised units) - 0.5 ln(2 pi e s_perp^2) (1-D Gaussian across the curve)."""
     noise = 0.05
     x = swiss_roll(3000, torch.Generator().manual_seed(4), noise)
-    lp = _roll_log_prob(x, noise).mean().item()
+    lp = swiss_roll_log_prob(x, noise).mean().item()
     mu, s2 = _roll_curve(noise, 200001)
     length = (mu[1:] - mu[:-1]).norm(dim=1).sum().item()
     s_perp2 = s2.mean().item()  # the two coordinates' std differ by 5 %: noise across the curve ~ their mean
