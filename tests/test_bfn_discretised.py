@@ -8,9 +8,10 @@ import pytest
 import torch
 from scipy import stats
 
-from suite.bfn import dgauss, dgauss_cpu
-from suite.bfn.discretised import LOG_SIGMA_MAX, LOG_SIGMA_MIN, DiscretisedBFN
-from suite.bfn.mixture import mixture_lse, mixture_lse_reference
+from suite.bfn import dgauss, discretised
+from suite.bfn.discretised import LOG_SIGMA_MAX, LOG_SIGMA_MIN, DiscretisedBFN, receiver_lse_reference
+from suite.bfn.fast import bounds, khat_numba
+from suite.bfn.fast.receiver import mixture_lse
 from suite.bfn.testing import TinyNet
 from suite.data.base import DataSpec
 from tests.helpers.bfn import (
@@ -18,7 +19,7 @@ from tests.helpers.bfn import (
     assert_loss_float32_under_autocast,
     assert_nstep_tends_to_cts,
 )
-from tests.helpers.dgauss import BACKENDS, use_backend
+from tests.helpers.khat import BACKENDS, use_backend
 
 CASES = [(-0.3, 0.05), (0.97, 0.2), (-1.4, 0.5), (0.0, 10.0), (0.51, 1e-3), (2.5, 0.01)]
 
@@ -73,7 +74,7 @@ def test_bin_mean_equals_the_direct_sum(monkeypatch, K, backend):
     n = 4000
     mu = (torch.rand(n, generator=g, dtype=torch.float64) * 3 - 1.5).requires_grad_()
     sigma = (1e-3 * torch.exp(torch.rand(n, generator=g, dtype=torch.float64) * math.log(1e4))).requires_grad_()
-    fast, direct = dgauss.bin_mean(mu, sigma, K), dgauss.bin_mean_sum(mu, sigma, K)
+    fast, direct = discretised.bin_mean(mu, sigma, K), dgauss.bin_mean_sum(mu, sigma, K)
     torch.testing.assert_close(fast, direct, rtol=0, atol=1e-8)
     gf = torch.autograd.grad(fast.sum(), [mu, sigma])
     gd = torch.autograd.grad(direct.sum(), [mu, sigma])
@@ -81,7 +82,7 @@ def test_bin_mean_equals_the_direct_sum(monkeypatch, K, backend):
         torch.testing.assert_close(a, b, rtol=0, atol=5e-8)
     # float32: agrees with the float32 direct sum to float32 resolution of the inputs
     m32, s32 = mu.detach().float(), sigma.detach().float()
-    torch.testing.assert_close(dgauss.bin_mean(m32, s32, K), dgauss.bin_mean_sum(m32, s32, K), rtol=0, atol=2e-5)
+    torch.testing.assert_close(discretised.bin_mean(m32, s32, K), dgauss.bin_mean_sum(m32, s32, K), rtol=0, atol=2e-5)
 
 
 def test_log_bin_prob_is_exact_in_the_tails():
@@ -115,7 +116,7 @@ def test_fused_receiver_equals_the_full_tensor_definition(S):
     sigma = (1e-3 * torch.exp(torch.rand(N, generator=g, dtype=torch.float64) * math.log(1e4))).requires_grad_()
     alpha = torch.exp(torch.rand(N, generator=g, dtype=torch.float64) * 14)
     y = x + torch.randn(S, N, generator=g, dtype=torch.float64) / alpha.sqrt()
-    ref = mixture_lse_reference(mu, sigma, alpha, y, K)
+    ref = receiver_lse_reference(mu, sigma, alpha, y, K)
     g_ref = torch.autograd.grad(ref.sum(), [mu, sigma])
     sane = ((mu - x).abs() < 8 * sigma).detach()  # no bin below the float32 floor where it matters
     for chunk in (1000, 1 << 18):
@@ -167,7 +168,7 @@ def test_out_params_match_their_definition():
 
 
 def test_fused_cpu_term_equals_out_params_and_the_direct_sum():
-    """The compiled L^inf term (dgauss_cpu.k_hat_squared_error; MATH.md s.4): (x - k-hat(mu_x, sigma_x))^2 with
+    """The compiled L^inf term (khat_numba.k_hat_squared_error; MATH.md s.4): (x - k-hat(mu_x, sigma_x))^2 with
     mu_x = mu / gamma - ratio mu_eps and ln sigma_x = clamp(ln ratio + keep ln sigma_eps, ln 1e-3, ln 10), and
     its gradient in (mu_eps, ln sigma_eps), against autograd through the same formulas and the O(K) sum in
     float64: rows at t < t_min (keep = 0), and ln sigma_x below, inside and above the clamp. The tolerances are
@@ -190,9 +191,9 @@ def test_fused_cpu_term_equals_out_params_and_the_direct_sum():
     mu_x = mu * bc(inv_g) - bc(ratio) * out[..., 0]
     want = (x - dgauss.bin_mean_sum(mu_x, ls.clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX).exp(), K)) ** 2
     want_grad = torch.autograd.grad(want.sum(), out)[0]
-    sq, grad = dgauss_cpu.k_hat_squared_error(out, mu, x, coef, K, dgauss.cpu_kernel_params(K),
+    sq, grad = khat_numba.k_hat_squared_error(out, mu, x, coef, K, bounds.kernel_params(K),
                                               (LOG_SIGMA_MIN, LOG_SIGMA_MAX))  # fmt: skip
-    tol_v, tol_g = dgauss.BIN_MEAN_TOL
+    tol_v, tol_g = bounds.BIN_MEAN_TOL
     torch.testing.assert_close(sq, want.detach(), rtol=0, atol=6 * tol_v)
     torch.testing.assert_close(grad, want_grad, rtol=0, atol=6 * 1.5 * tol_g + 6 * tol_v)
     assert bool((grad[:2] == 0).all())  # t < t_min: (0, 1) whatever the network says
@@ -208,8 +209,8 @@ def test_fused_cpu_loss_equals_the_torch_path(monkeypatch):
     model = _model(K=K, shape=shape, t_min=1e-4)
     t = torch.tensor([0.0, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0], dtype=torch.float64)
     x, noise = _data(B, K, shape, g), torch.randn(B, *shape, generator=g)
-    res, calls, fused = {}, [], dgauss_cpu.k_hat_squared_error
-    monkeypatch.setattr(dgauss_cpu, "k_hat_squared_error", lambda *a: calls.append(1) or fused(*a))
+    res, calls, fused = {}, [], khat_numba.k_hat_squared_error
+    monkeypatch.setattr(khat_numba, "k_hat_squared_error", lambda *a: calls.append(1) or fused(*a))
     for backend in ("torch", "numba"):
         use_backend(monkeypatch, backend)
         model.zero_grad()

@@ -16,15 +16,9 @@ import torch
 import torch.distributions as D
 
 from suite.bfn.continuous import QUIRKS, ContinuousBFN, check_quirks, official_log_bin_prob
-from suite.bfn.dgauss import log_bin_prob
-from suite.bfn.discretised import DiscretisedBFN
-from suite.bfn.mixture import (
-    categorical_log_weights,
-    mixture_lse,
-    mixture_lse_reference,
-    official_bin_probs,
-    official_mixture_lse,
-)
+from suite.bfn.dgauss import categorical_log_weights, log_bin_prob, official_bin_probs
+from suite.bfn.discretised import DiscretisedBFN, receiver_lse_reference
+from suite.bfn.fast.receiver import mixture_lse
 from suite.bfn.schedules import ContinuousSchedule
 from suite.data.base import DataSpec
 from tests.helpers.official import REF, FixedNet
@@ -127,7 +121,7 @@ def _receiver_inputs(K, N=64, S=3, seed=0):
 @pytest.mark.parametrize("K", [16, 256])
 def test_categorical_floor_is_the_official_receiver(K):
     mu, sigma, alpha, y = _receiver_inputs(K)
-    ours = official_mixture_lse(mu, sigma, alpha, y, K, chunk_elems=K * 10)  # several chunks
+    ours = receiver_lse_reference(mu, sigma, alpha, y, K, weights="official", chunk_elems=K * 10)  # several chunks
     # MixtureSameFamily.log_prob = Lambda + ln N's normaliser ln sqrt(alpha / 2 pi)
     off = off_receiver(mu, sigma, alpha, K).log_prob(y) + 0.5 * torch.log(2 * math.pi / alpha)
     assert (ours - off.mean(0)).abs().max().item() < 2e-4  # float32 sums of up to 256 terms, values up to ~1e3
@@ -138,7 +132,7 @@ def test_categorical_floor_is_the_official_receiver(K):
     assert w.min().item() >= 1.19e-7 / (1 + K * 1.2e-7)
     # off: the fused receiver is the exact definition (weights raised by 1e-30 only), in float64
     exact = mixture_lse(mu.double(), sigma.double(), alpha.double(), y.double(), K)
-    assert torch.allclose(exact, mixture_lse_reference(mu.double(), sigma.double(), alpha.double(), y.double(), K), atol=1e-9)
+    assert torch.allclose(exact, receiver_lse_reference(mu.double(), sigma.double(), alpha.double(), y.double(), K), atol=1e-9)
 
 
 def test_categorical_floor_changes_a_confidently_wrong_256_bin_loss_at_n10():
@@ -225,7 +219,7 @@ def test_log_sigma_clamp_is_the_official_std():
 
 def test_log_sigma_clamp_takes_the_torch_path_for_l_inf():
     """L^inf with the quirk = the torch path's (mu_x, sigma_x) and bin_mean; without it, the compiled kernel's."""
-    from suite.bfn.dgauss import bin_mean
+    from suite.bfn.discretised import bin_mean
 
     s = DataSpec("c", "discretised", (6,), num_classes=256)
     # at t = 1e-4, sqrt((1-gamma)/gamma) = 26.9: mu_x = x + 0.4 bin, sigma_x 1e-3 (exact) vs 1.2e-3 (official)

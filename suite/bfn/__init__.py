@@ -7,8 +7,9 @@ Registers the methods `bfn_continuous`, `bfn_discretised` and `bfn_discrete` (su
     model.nll(x, n_steps=10) # L^10 + L^r >= -ln p(x)
     model.sample(16, n_steps=100, generator=torch.Generator().manual_seed(0))
 
-Modules: schedules (accuracy schedules), dgauss (the discretised Gaussian), mixture (the fused discretised
-receiver), continuous / discretised / discrete (one per data type), sampler (the shared n-step loop).
+Modules: schedules (accuracy schedules), dgauss (the discretised Gaussian's definitions), continuous /
+discretised / discrete (one per data type; discretised holds the reference O(K) sums of its losses), sampler
+(the shared n-step loop), fast (optional accelerations of the discretised sums, behind one dispatch).
 """
 
 from suite.bfn.continuous import ContinuousBFN, bfn_continuous

@@ -24,7 +24,7 @@ networks), "official" 2 theta_0 - 1 = 2 P(class 0) - 1, what the official MNIST 
 Official-code quirks (`quirks=...`, continuous.QUIRKS; shared/reference/official_quirks.md, docs/official.md):
   categorical_floor  L^n's receiver weights p_O as the official code forms them (float32 probabilities; K = 2:
                      (1 - sigmoid(l), sigmoid(l))) through torch's Categorical(probs=): p / sum p clamped to
-                     [eps, 1 - eps] (float32 eps 1.19e-7) and renormalised (mixture.categorical_log_weights)
+                     [eps, 1 - eps] (float32 eps 1.19e-7) and renormalised (dgauss.categorical_log_weights)
   sender_samples     L^n averages OFFICIAL_SENDER_SAMPLES = 10 sender draws y per flow draw theta (the official
                      discrete_time_loss's n_samples=10), where the exact path draws one (both unbiased)
   flow_t_clamp       the flow's beta = (sqrt(beta1) min(t, 1 - 1e-6))^2 in float32, theta uniform where
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from suite.bfn.base import BFN, build_net, paper_hparams
 from suite.bfn.continuous import check_quirks
-from suite.bfn.mixture import categorical_log_weights
+from suite.bfn.dgauss import categorical_log_weights
 from suite.bfn.schedules import DiscreteSchedule
 from suite.methods import register_method
 

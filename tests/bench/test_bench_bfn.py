@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import torch
 
-from suite.bfn import dgauss_cpu
+from suite.bfn import fast
 from suite.data.base import DataSpec
 from suite.methods import build_method
 
@@ -46,7 +46,7 @@ def _settings() -> str:
     return (
         f"torch {torch.__version__}, intra-op threads {torch.get_num_threads()}, "
         f"inter-op threads {torch.get_num_interop_threads()}, allocator: glibc malloc, env {env or 'defaults'}, "
-        f"compiled CPU k-hat (numba) {'on' if dgauss_cpu.enabled(torch.zeros(1)) else 'off'}"
+        f"compiled CPU k-hat (numba) {'on' if fast.khat_numba.enabled(torch.zeros(1)) else 'off'}"
     )
 
 
@@ -123,8 +123,8 @@ def _run(benchmark, label: str, spec: DataSpec, x: torch.Tensor, variants, net) 
 
 
 def _torch_path():
-    """The torch path, as on a GPU: out_params, dgauss' torch routes for k-hat and the square as torch passes,
-    instead of the compiled CPU term (dgauss_cpu)."""
+    """The torch path, as on a GPU: out_params, the torch routes for k-hat (fast.khat_torch) and the square as
+    torch passes, instead of the compiled CPU term (fast.khat_numba)."""
     return mock.patch.dict(os.environ, {"BFNBENCH_NUMBA": "0"})
 
 
@@ -160,7 +160,7 @@ def test_bench_images_batch128(benchmark):
 def _receiver_paths_note(spec, x, n) -> str:
     """How the discretised receiver summed the elements of one L^n batch like the timed ones (untrained
     network, i uniform on 1..n): the closed form, a window of bins, all K bins, or the prior (t = 0)."""
-    from suite.bfn import mixture
+    from suite.bfn.fast import receiver
 
     torch.manual_seed(0)
     model = build_method("bfn_discretised", spec, backbone=IMAGE_NET[0], backbone_kwargs=IMAGE_NET[1])
@@ -171,7 +171,7 @@ def _receiver_paths_note(spec, x, n) -> str:
     alpha = model.bcast(model.schedule.alpha_i(i, n)).float().expand_as(mu_x)
     y = x + torch.randn_like(x) / alpha.sqrt()
     keep = i > 1
-    paths = mixture.receiver_paths(mu_x[keep].reshape(-1), sigma_x[keep].reshape(-1), alpha[keep].reshape(-1),
+    paths = receiver.receiver_paths(mu_x[keep].reshape(-1), sigma_x[keep].reshape(-1), alpha[keep].reshape(-1),
                                    y[keep].reshape(1, -1), spec.num_classes)  # fmt: skip
     counts = torch.bincount(paths.long(), minlength=3).tolist() + [int((~keep).sum()) * mu_x[0].numel()]
     share = ", ".join(f"{name} {c / sum(counts):.0%}" for name, c in zip(("closed form", "window", "all K bins",

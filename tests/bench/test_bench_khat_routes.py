@@ -6,13 +6,15 @@ Issue 14 asks to keep a fast path only where a measurement on its device justifi
 computed three ways on the same inputs, interleaved A B C A B C after warm-up, the median over rounds:
 
 - k-hat and its two derivatives (MATH.md s.4; L^inf's per-pixel term):
-  plain   the definition by summation by parts, k-hat = 1 - h/2 - h sum_j Phi(z_j), d/dmu = (1/sigma') sum phi,
-          d/dsigma = (1/sigma') sum z phi over the K - 1 edges, in torch, chunked (`_plain_khat`);
-  routes  dgauss._bin_mean_and_grads, the torch routes (Euler-Maclaurin ends, windows, the lattice mean);
-  numba   dgauss_cpu.bin_mean_and_grads, the compiled kernel (CPU only).
+  plain      the sums of discretised.k_hat_reference (k-hat = 1 - h/2 - h sum_j Phi(z_j), d/dmu = (h/sigma) sum phi,
+             d/dsigma = (h/sigma) sum z phi over the K - 1 edges), chunked, in the input's dtype (`_plain_khat`):
+             the cheapest plain O(K) sum, so the ratios below are conservative;
+  reference  discretised.k_hat_reference itself (the same sums in float64; what BFNBENCH_FAST=0 runs);
+  routes     fast.khat_torch.bin_mean_and_grads, the torch routes (Euler-Maclaurin ends, windows, the lattice mean);
+  numba      fast.khat_numba.bin_mean_and_grads, the compiled kernel (CPU only).
 - the receiver's Lambda = LSE_k(ln p_O(k) - alpha (y - k_c)^2 / 2) with its gradient (L^n's per-pixel term):
-  plain   bin_probs, log, logsumexp over the K bins with autograd, chunked (`_plain_receiver`);
-  fused   mixture.mixture_lse (closed form / windows / full sums, gradient in the same pass).
+  plain      discretised.receiver_lse_reference (bin_probs, log, logsumexp over the K bins, chunked) and autograd;
+  fused      fast.receiver.mixture_lse (closed form / windows / full sums, gradient in the same pass).
 
 Inputs: one batch of 32 images of 28 x 28 pixels (25,088 elements), K = 16 and 256, at t ~ U(0, 1) (L^inf) or
 step i ~ U{1..n} of n = 100 (L^n), sigma1 = 1e-3, from a calibrated stand-in for a network: sigma_x =
@@ -30,7 +32,9 @@ import time
 import pytest
 import torch
 
-from suite.bfn import dgauss, dgauss_cpu, mixture
+from suite.bfn import dgauss
+from suite.bfn.discretised import k_hat_reference, receiver_lse_reference
+from suite.bfn.fast import bounds, khat_numba, khat_torch, receiver
 
 ROUNDS = int(os.environ.get("BFN_BENCH_ROUNDS", "15"))
 N_PIX, B = 784, 32
@@ -76,24 +80,17 @@ def _plain_khat(mu: torch.Tensor, sigma: torch.Tensor, K: int, chunk: int = 1 <<
     return out
 
 
-def _plain_receiver(mu, sigma, alpha, y, K: int, chunk: int = 1 << 20) -> torch.Tensor:
-    """Lambda per element, and its gradient by autograd, chunked; returns the summed value (for timing)."""
-    c = dgauss.centres(K, mu.device, mu.dtype)
-    total = 0.0
-    per = max(1, chunk // K)
-    for a in range(0, mu.shape[0], per):
-        m = mu[a : a + per].detach().requires_grad_()
-        s = sigma[a : a + per].detach().requires_grad_()
-        lnp = (dgauss.bin_probs(m, s, K) + mixture.P_MIN).log()
-        lam = torch.logsumexp(lnp - 0.5 * alpha[a : a + per, None] * (y[0, a : a + per, None] - c) ** 2, -1)
-        lam.sum().backward()
-        total += float(lam.detach().sum())
-    return total
+def _plain_receiver(mu, sigma, alpha, y, K: int) -> float:
+    """Lambda per element by the reference, and its gradient by autograd; returns the summed value (for timing)."""
+    m, s = mu.detach().requires_grad_(), sigma.detach().requires_grad_()
+    lam = receiver_lse_reference(m, s, alpha, y, K)
+    lam.sum().backward()
+    return float(lam.detach().sum())
 
 
 def _fused_receiver(mu, sigma, alpha, y, K: int) -> float:
     m, s = mu.detach().requires_grad_(), sigma.detach().requires_grad_()
-    lam = mixture.mixture_lse(m, s, alpha, y, K)
+    lam = receiver.mixture_lse(m, s, alpha, y, K)
     lam.sum().backward()
     return float(lam.detach().sum())
 
@@ -113,7 +110,7 @@ def _race(fns: dict) -> dict[str, float]:
 @pytest.fixture(scope="module", autouse=True)
 def _report():
     yield
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, numba {'on' if dgauss_cpu.AVAILABLE else 'off'}; "
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, numba {'on' if khat_numba.AVAILABLE else 'off'}; "
           f"{B} x {N_PIX} elements; median ms over {ROUNDS} rounds")
     for r in ROWS:
         print(r)
@@ -125,11 +122,13 @@ def test_bench_khat_routes_against_plain_sum(benchmark, K):
     d = _inputs(K)
     mu, sigma = d["mu"], d["sigma"]
     ref = _plain_khat(mu.double(), sigma.double(), K)
-    got = dgauss._bin_mean_and_grads(mu.double(), sigma.double(), K)
+    got = khat_torch.bin_mean_and_grads(mu.double(), sigma.double(), K)
     assert torch.allclose(got, ref, atol=1e-7, rtol=0)  # the same quantity, or the timing means nothing
-    fns = {"plain": lambda: _plain_khat(mu, sigma, K), "routes": lambda: dgauss._bin_mean_and_grads(mu, sigma, K)}
-    if dgauss_cpu.AVAILABLE:
-        fns["numba"] = lambda: dgauss_cpu.bin_mean_and_grads(mu, sigma, K, dgauss.cpu_kernel_params(K))
+    assert torch.allclose(k_hat_reference(mu.double(), sigma.double(), K), ref, atol=1e-12, rtol=0)
+    fns = {"plain": lambda: _plain_khat(mu, sigma, K), "reference": lambda: k_hat_reference(mu, sigma, K),
+           "routes": lambda: khat_torch.bin_mean_and_grads(mu, sigma, K)}  # fmt: skip
+    if khat_numba.AVAILABLE:
+        fns["numba"] = lambda: khat_numba.bin_mean_and_grads(mu, sigma, K, bounds.kernel_params(K))
     ms = _race(fns)
     benchmark.extra_info.update({f"{k}_ms": v for k, v in ms.items()})
     benchmark.pedantic(fns["routes"], rounds=3, iterations=1)
@@ -148,6 +147,6 @@ def test_bench_receiver_against_plain_sum(benchmark, K):
     ms = _race({"plain": lambda: _plain_receiver(*args, K), "fused": lambda: _fused_receiver(*args, K)})
     benchmark.extra_info.update({f"{k}_ms": v for k, v in ms.items()})
     benchmark.pedantic(lambda: _fused_receiver(*args, K), rounds=3, iterations=1)
-    paths = torch.bincount(mixture.receiver_paths(*args, K).long(), minlength=3).tolist()
+    paths = torch.bincount(receiver.receiver_paths(*args, K).long(), minlength=3).tolist()
     ROWS.append(f"receiver K={K:4d}: plain {ms['plain']:7.2f} ms, fused {ms['fused']:7.2f} ms; plain / fused "
                 f"{ms['plain'] / ms['fused']:.1f}x (elements analytic / window / full: {paths})")
